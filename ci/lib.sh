@@ -1,0 +1,87 @@
+# shellcheck shell=bash
+# Sourced by every ci/ script: where state lives, idempotent installs, and
+# daemons tracked by PID file (started on 127.0.0.1 only, stopped by PID).
+
+set -euo pipefail
+
+CLIMA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Logs, PIDs and data of the local stack: one gitignored folder.
+CLIMA_STATE=${CLIMA_STATE:-$CLIMA_ROOT/.clima}
+# Machine-wide cache for tools that are slow to build (tansu: ~14 min cold),
+# shared by every clone on this machine.
+CLIMA_TOOLS=${CLIMA_TOOLS:-/var/cache/clima-tools}
+mkdir -p "$CLIMA_STATE/logs" "$CLIMA_STATE/pids" "$CLIMA_STATE/data"
+
+# Ports of the local stack (README and ARCHITECTURE.md list them).
+REDIS_PORT=${REDIS_PORT:-6379}
+VALKEY_PORT=${VALKEY_PORT:-6380}
+RABBITMQ_PORT=${RABBITMQ_PORT:-5672}
+KAFKA_PORT=${KAFKA_PORT:-9092}
+API_PORT=${API_PORT:-8080}
+KAFKA_WRITER_PORT=${KAFKA_WRITER_PORT:-50051}
+RABBITMQ_WRITER_PORT=${RABBITMQ_WRITER_PORT:-50052}
+
+TANSU_VERSION=0.6.0
+
+log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_port PORT NAME [SECONDS]
+wait_port() {
+  local port=$1 name=$2 deadline=$((SECONDS + ${3:-60}))
+  until port_open "$port"; do
+    if ((SECONDS >= deadline)); then
+      tail -n 30 "$CLIMA_STATE/logs/$name.log" 2>/dev/null >&2 || true
+      die "$name did not open 127.0.0.1:$port (log: $CLIMA_STATE/logs/$name.log)"
+    fi
+    sleep 0.2
+  done
+}
+
+APT_UPDATED=
+# apt_install PKG...: installs the Debian packages not installed yet.
+apt_install() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  ((${#missing[@]})) || return 0
+  log "installing Debian packages: ${missing[*]}"
+  if [[ -z $APT_UPDATED ]]; then apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# pip_install MODULE PACKAGE: installs a PyPI package unless MODULE imports.
+pip_install() {
+  python3 -c "import $1" 2>/dev/null && return 0
+  log "installing PyPI package $2"
+  python3 -m pip install -q --disable-pip-version-check "$2"
+}
+
+pid_alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# start_daemon NAME CMD...: runs CMD in the background unless NAME's PID is alive.
+start_daemon() {
+  local name=$1; shift
+  local pidfile="$CLIMA_STATE/pids/$name.pid"
+  if pid_alive "$pidfile"; then return 0; fi
+  log "starting $name"
+  nohup "$@" >>"$CLIMA_STATE/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+}
+
+# stop_daemon NAME: SIGTERM by PID file, SIGKILL after 15 s.
+stop_daemon() {
+  local name=$1 pidfile="$CLIMA_STATE/pids/$1.pid" pid
+  [[ -f $pidfile ]] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}

@@ -1,0 +1,229 @@
+//! Tweet counters in Redis or Valkey (same protocol, same code).
+//!
+//! [`CounterStore::count_batch`] counts a batch of records in ONE round trip
+//! (a Lua script, atomic on the server) and counts each tweet id at most once:
+//! the script sets a `seen` marker with `SET NX EX` and increments the
+//! counters only when the marker was new. Consumers can therefore retry a
+//! batch, or receive a broker redelivery, without counting anything twice.
+//! The key schema is [`KeySchema`]; ARCHITECTURE.md documents it.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use clima_proto::v1::{TweetRecord, Weather};
+use clima_tweet::{received_minute, weather_name};
+use redis::{AsyncCommands, Script, aio::ConnectionManager};
+use serde::Serialize;
+
+/// The names of every key clima writes under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySchema {
+    prefix: String,
+}
+
+impl KeySchema {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+    /// String: all tweets counted.
+    pub fn total(&self) -> String {
+        format!("{}:total", self.prefix)
+    }
+    /// Hash: country code → count.
+    pub fn by_country(&self) -> String {
+        format!("{}:country", self.prefix)
+    }
+    /// Hash: weather name → count.
+    pub fn by_weather(&self) -> String {
+        format!("{}:weather", self.prefix)
+    }
+    /// Hash: `COUNTRY:Weather` → count.
+    pub fn by_country_weather(&self) -> String {
+        format!("{}:country_weather", self.prefix)
+    }
+    /// String: tweets received in that minute (minutes since the Unix epoch);
+    /// expires after the minute retention.
+    pub fn minute(&self, minute: i64) -> String {
+        format!("{}{minute}", self.minute_prefix())
+    }
+    /// String marker: this tweet id was counted; expires after the dedupe window.
+    pub fn seen(&self, tweet_id: &str) -> String {
+        format!("{}{tweet_id}", self.seen_prefix())
+    }
+    fn minute_prefix(&self) -> String {
+        format!("{}:minute:", self.prefix)
+    }
+    fn seen_prefix(&self) -> String {
+        format!("{}:seen:", self.prefix)
+    }
+}
+
+/// How long markers and per-minute counters live.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// How long a counted tweet id is remembered: a redelivery or retry of the
+    /// same id later than this would be counted again.
+    pub dedupe_window: Duration,
+    /// How long per-minute counters are kept.
+    pub minutes: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { dedupe_window: Duration::from_secs(24 * 3600), minutes: Duration::from_secs(7 * 24 * 3600) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {url}: {source}")]
+    Redis {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+/// Counts and reads tweets in one Redis or Valkey database.
+#[derive(Clone)]
+pub struct CounterStore {
+    url: String,
+    connection: ConnectionManager,
+    keys: KeySchema,
+    retention: Retention,
+    count_script: Script,
+}
+
+/// Atomic, idempotent batch count. KEYS: total, country, weather,
+/// country_weather. ARGV: seen prefix, minute prefix, dedupe TTL s, minute
+/// TTL s, then (id, country, weather, minute) per record. Returns how many
+/// records were new.
+const COUNT_BATCH_LUA: &str = r#"
+local seen_prefix, minute_prefix = ARGV[1], ARGV[2]
+local dedupe_ttl, minute_ttl = ARGV[3], ARGV[4]
+local counted = 0
+for i = 5, #ARGV, 4 do
+  local id, country, weather, minute = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if redis.call('SET', seen_prefix .. id, '1', 'NX', 'EX', dedupe_ttl) then
+    redis.call('INCR', KEYS[1])
+    redis.call('HINCRBY', KEYS[2], country, 1)
+    redis.call('HINCRBY', KEYS[3], weather, 1)
+    redis.call('HINCRBY', KEYS[4], country .. ':' .. weather, 1)
+    local minute_key = minute_prefix .. minute
+    if redis.call('INCR', minute_key) == 1 then
+      redis.call('EXPIRE', minute_key, minute_ttl)
+    end
+    counted = counted + 1
+  end
+end
+return counted
+"#;
+
+impl CounterStore {
+    /// Connects (once; later drops are reconnected transparently).
+    pub async fn connect(url: &str, keys: KeySchema, retention: Retention) -> Result<Self, StoreError> {
+        let redis_error = |source| StoreError::Redis { url: url.to_owned(), source };
+        let client = redis::Client::open(url).map_err(redis_error)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2);
+        let connection = ConnectionManager::new_with_config(client, config).await.map_err(redis_error)?;
+        Ok(Self { url: url.to_owned(), connection, keys, retention, count_script: Script::new(COUNT_BATCH_LUA) })
+    }
+
+    pub fn keys(&self) -> &KeySchema {
+        &self.keys
+    }
+
+    /// Counts every record whose id was not counted before; returns how many
+    /// were new. Safe to call again with the same records after an error.
+    pub async fn count_batch(&self, records: &[TweetRecord]) -> Result<u64, StoreError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = self.count_script.prepare_invoke();
+        invocation
+            .key(self.keys.total())
+            .key(self.keys.by_country())
+            .key(self.keys.by_weather())
+            .key(self.keys.by_country_weather())
+            .arg(self.keys.seen_prefix())
+            .arg(self.keys.minute_prefix())
+            .arg(self.retention.dedupe_window.as_secs().max(1))
+            .arg(self.retention.minutes.as_secs().max(1));
+        for record in records {
+            let tweet = record.tweet.as_ref();
+            let weather = tweet.map_or(Weather::Unspecified, |t| t.weather());
+            invocation
+                .arg(&record.id)
+                .arg(tweet.map_or("", |t| t.country.as_str()))
+                .arg(weather_name(weather))
+                .arg(received_minute(record));
+        }
+        let mut connection = self.connection.clone();
+        invocation.invoke_async(&mut connection).await.map_err(|source| self.error(source))
+    }
+
+    /// Reads every counter, with the per-minute counts of the last
+    /// `recent_minutes` (at least 1) minutes, oldest first, zeros included.
+    pub async fn read_counts(&self, recent_minutes: usize) -> Result<Counts, StoreError> {
+        let now_minute = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| (d.as_secs() / 60) as i64);
+        // MGET needs at least one key.
+        let minutes: Vec<i64> = (0..recent_minutes.max(1) as i64).rev().map(|ago| now_minute - ago).collect();
+        let minute_keys: Vec<String> = minutes.iter().map(|m| self.keys.minute(*m)).collect();
+
+        let mut connection = self.connection.clone();
+        let (total, by_country, by_weather, by_country_weather, recent): Reply = redis::pipe()
+            .get(self.keys.total())
+            .hgetall(self.keys.by_country())
+            .hgetall(self.keys.by_weather())
+            .hgetall(self.keys.by_country_weather())
+            .mget(&minute_keys)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(Counts {
+            total: total.unwrap_or(0),
+            by_country,
+            by_weather,
+            by_country_weather,
+            per_minute: minutes.into_iter().zip(recent.into_iter().map(Option::unwrap_or_default)).collect(),
+        })
+    }
+
+    /// Whether the store answers (for readiness checks).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let _: String = connection.ping().await.map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    fn error(&self, source: redis::RedisError) -> StoreError {
+        StoreError::Redis { url: self.url.clone(), source }
+    }
+}
+
+type Reply = (
+    Option<u64>,
+    BTreeMap<String, u64>,
+    BTreeMap<String, u64>,
+    BTreeMap<String, u64>,
+    Vec<Option<u64>>,
+);
+
+/// Every counter of one store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub total: u64,
+    pub by_country: BTreeMap<String, u64>,
+    pub by_weather: BTreeMap<String, u64>,
+    /// Keyed `COUNTRY:Weather`.
+    pub by_country_weather: BTreeMap<String, u64>,
+    /// (minute since the Unix epoch, tweets received in it), oldest first.
+    pub per_minute: Vec<(i64, u64)>,
+}
+
+#[cfg(test)]
+mod tests;

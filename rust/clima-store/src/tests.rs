@@ -1,0 +1,74 @@
+//! Against the real Redis and Valkey of the local stack.
+
+use clima_proto::v1::Weather;
+use clima_testkit::{record, redis_url, unique_name, valkey_url};
+
+use super::*;
+
+async fn store(url: &str) -> CounterStore {
+    CounterStore::connect(url, KeySchema::new(unique_name("store")), Retention::default()).await.unwrap()
+}
+
+async fn counts_each_id_once(url: &str) {
+    let store = store(url).await;
+    let batch = vec![
+        record("GT", Weather::Lluvioso),
+        record("GT", Weather::Lluvioso),
+        record("MX", Weather::Soleado),
+        record("gt-is-not-normalised-here", Weather::Nublado),
+    ];
+    assert_eq!(store.count_batch(&batch).await.unwrap(), 4);
+    // A redelivery of part of the batch plus one new record.
+    let mut again = batch[..2].to_vec();
+    again.push(record("MX", Weather::Nublado));
+    assert_eq!(store.count_batch(&again).await.unwrap(), 1);
+
+    let counts = store.read_counts(2).await.unwrap();
+    assert_eq!(counts.total, 5);
+    assert_eq!(counts.by_country["GT"], 2);
+    assert_eq!(counts.by_country["MX"], 2);
+    assert_eq!(counts.by_weather["Lluvioso"], 2);
+    assert_eq!(counts.by_weather["Nublado"], 2);
+    assert_eq!(counts.by_weather["Soleado"], 1);
+    assert_eq!(counts.by_country_weather["GT:Lluvioso"], 2);
+    assert_eq!(counts.by_country_weather["MX:Nublado"], 1);
+    assert_eq!(counts.per_minute.len(), 2);
+    assert_eq!(counts.per_minute.iter().map(|(_, n)| n).sum::<u64>(), 5, "{:?}", counts.per_minute);
+    assert!(counts.per_minute[0].0 + 1 == counts.per_minute[1].0);
+}
+
+#[tokio::test]
+async fn redis_counts_each_id_once() {
+    counts_each_id_once(&redis_url()).await;
+}
+
+#[tokio::test]
+async fn valkey_counts_each_id_once() {
+    counts_each_id_once(&valkey_url()).await;
+}
+
+#[tokio::test]
+async fn dedupe_markers_expire_and_empty_batches_cost_nothing() {
+    let keys = KeySchema::new(unique_name("ttl"));
+    let retention = Retention { dedupe_window: Duration::from_secs(60), minutes: Duration::from_secs(120) };
+    let store = CounterStore::connect(&redis_url(), keys.clone(), retention).await.unwrap();
+    assert_eq!(store.count_batch(&[]).await.unwrap(), 0);
+    let one = record("CO", Weather::Soleado);
+    assert_eq!(store.count_batch(std::slice::from_ref(&one)).await.unwrap(), 1);
+
+    let mut connection = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let seen_ttl: i64 = connection.ttl(keys.seen(&one.id)).await.unwrap();
+    assert!((1..=60).contains(&seen_ttl), "seen marker ttl {seen_ttl}");
+    let minute_ttl: i64 = connection.ttl(keys.minute(clima_tweet::received_minute(&one))).await.unwrap();
+    assert!((61..=120).contains(&minute_ttl), "minute ttl {minute_ttl}");
+    assert_eq!(store.read_counts(1).await.unwrap().total, 1);
+}
+
+#[tokio::test]
+async fn unreachable_store_is_an_error_naming_the_url() {
+    let err = CounterStore::connect("redis://127.0.0.1:1", KeySchema::new("x"), Retention::default())
+        .await
+        .err()
+        .expect("nothing listens on port 1");
+    assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+}

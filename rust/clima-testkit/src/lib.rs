@@ -1,0 +1,50 @@
+//! Helpers for tests that talk to the real local services started by
+//! `ci/test` (see README). Each address can be overridden by an environment
+//! variable, so the same tests run against any stack.
+
+use clima_proto::v1::{Tweet, TweetRecord, Weather};
+use pbjson_types::Timestamp;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Redis (counts from Kafka). `CLIMA_TEST_REDIS_URL`.
+pub fn redis_url() -> String {
+    env_or("CLIMA_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+/// Valkey (counts from RabbitMQ). `CLIMA_TEST_VALKEY_URL`.
+pub fn valkey_url() -> String {
+    env_or("CLIMA_TEST_VALKEY_URL", "redis://127.0.0.1:6380")
+}
+
+/// Kafka-protocol bootstrap servers. `CLIMA_TEST_KAFKA_BROKERS`.
+pub fn kafka_brokers() -> String {
+    env_or("CLIMA_TEST_KAFKA_BROKERS", "127.0.0.1:9092")
+}
+
+/// RabbitMQ. `CLIMA_TEST_AMQP_URL`.
+pub fn amqp_url() -> String {
+    env_or("CLIMA_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+
+/// A name no other test run uses: topics, queues and key prefixes are made
+/// from it so concurrent runs never see each other's data.
+pub fn unique_name(kind: &str) -> String {
+    format!("clima-test-{kind}-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A valid record with a fresh id, received now.
+pub fn record(country: &str, weather: Weather) -> TweetRecord {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    TweetRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        received_at: Some(Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() as i32 }),
+        tweet: Some(Tweet {
+            description: format!("{weather:?} en {country}"),
+            country: country.to_owned(),
+            weather: weather as i32,
+        }),
+    }
+}

@@ -1,0 +1,137 @@
+//! The rules of a weather tweet, shared by every clima service.
+//!
+//! - [`validate_input`] turns the raw HTTP body element ([`TweetInput`]) into a
+//!   canonical [`Tweet`], or says which field is wrong and why.
+//! - [`validate_record`] checks a [`TweetRecord`] as writers receive it over
+//!   gRPC and consumers read it from a broker.
+//! - [`envelope`] is how a record travels on Kafka and RabbitMQ.
+
+pub mod envelope;
+
+use clima_proto::v1::{Tweet, TweetInput, TweetRecord, Weather};
+
+/// Longest description accepted, in Unicode characters (a tweet's length).
+pub const MAX_DESCRIPTION_CHARS: usize = 280;
+
+/// Why a tweet or record is invalid. [`TweetError::field`] names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TweetError {
+    #[error("description must not be empty")]
+    EmptyDescription,
+    #[error("description has {0} characters; at most {MAX_DESCRIPTION_CHARS} are allowed")]
+    DescriptionTooLong(usize),
+    #[error("country {0:?} is not an ISO 3166-1 alpha-2 code (e.g. \"GT\")")]
+    UnknownCountry(String),
+    #[error("weather {0:?} is not one of Lluvioso, Nublado, Soleado")]
+    UnknownWeather(String),
+    #[error("weather must be set")]
+    UnspecifiedWeather,
+    #[error("id {0:?} is not a UUID")]
+    InvalidId(String),
+    #[error("received_at must be set")]
+    MissingReceivedAt,
+    #[error("tweet must be set")]
+    MissingTweet,
+}
+
+impl TweetError {
+    /// The JSON/proto field the error is about.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::EmptyDescription | Self::DescriptionTooLong(_) => "description",
+            Self::UnknownCountry(_) => "country",
+            Self::UnknownWeather(_) | Self::UnspecifiedWeather => "weather",
+            Self::InvalidId(_) => "id",
+            Self::MissingReceivedAt => "received_at",
+            Self::MissingTweet => "tweet",
+        }
+    }
+}
+
+/// Validates one element of a `POST /input` body and returns its canonical form:
+/// country upper-cased, weather as the enum (any letter case; `Nubloso` is
+/// `Nublado`), description unchanged.
+pub fn validate_input(input: TweetInput) -> Result<Tweet, TweetError> {
+    let weather = parse_weather(&input.weather).ok_or_else(|| TweetError::UnknownWeather(input.weather.clone()))?;
+    let tweet = Tweet {
+        description: input.description,
+        country: canonical_country(&input.country)?,
+        weather: weather as i32,
+    };
+    check_description(&tweet.description)?;
+    Ok(tweet)
+}
+
+/// Checks a tweet that claims to be canonical already (as produced by
+/// [`validate_input`]): upper-case country, weather set.
+pub fn validate_tweet(tweet: &Tweet) -> Result<(), TweetError> {
+    check_description(&tweet.description)?;
+    if canonical_country(&tweet.country)? != tweet.country {
+        return Err(TweetError::UnknownCountry(tweet.country.clone()));
+    }
+    match Weather::try_from(tweet.weather) {
+        Ok(Weather::Unspecified) => Err(TweetError::UnspecifiedWeather),
+        Ok(_) => Ok(()),
+        Err(_) => Err(TweetError::UnknownWeather(tweet.weather.to_string())),
+    }
+}
+
+/// Checks a record as writers and consumers receive it.
+pub fn validate_record(record: &TweetRecord) -> Result<(), TweetError> {
+    uuid::Uuid::try_parse(&record.id).map_err(|_| TweetError::InvalidId(record.id.clone()))?;
+    if record.received_at.is_none() {
+        return Err(TweetError::MissingReceivedAt);
+    }
+    validate_tweet(record.tweet.as_ref().ok_or(TweetError::MissingTweet)?)
+}
+
+/// Parses a weather name as clients send it: `Lluvioso`, `Nublado` (or the
+/// legacy `Nubloso`), `Soleado`, in any letter case.
+pub fn parse_weather(name: &str) -> Option<Weather> {
+    const NAMES: &[(&str, Weather)] = &[
+        ("lluvioso", Weather::Lluvioso),
+        ("nublado", Weather::Nublado),
+        ("nubloso", Weather::Nublado),
+        ("soleado", Weather::Soleado),
+    ];
+    NAMES.iter().find(|(known, _)| known.eq_ignore_ascii_case(name)).map(|(_, weather)| *weather)
+}
+
+/// The display name of a weather, as counters and dashboards show it.
+pub fn weather_name(weather: Weather) -> &'static str {
+    match weather {
+        Weather::Unspecified => "Unspecified",
+        Weather::Lluvioso => "Lluvioso",
+        Weather::Nublado => "Nublado",
+        Weather::Soleado => "Soleado",
+    }
+}
+
+/// Minutes since the Unix epoch at which the record was received: the bucket
+/// of the per-minute counters.
+pub fn received_minute(record: &TweetRecord) -> i64 {
+    record.received_at.as_ref().map_or(0, |at| at.seconds.div_euclid(60))
+}
+
+fn canonical_country(code: &str) -> Result<String, TweetError> {
+    // celes also knows alpha-3 codes and names; only two ASCII letters are an alpha-2 code.
+    let is_alpha2 = code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic());
+    match celes::Country::from_alpha2(code) {
+        Ok(country) if is_alpha2 => Ok(country.alpha2.to_owned()),
+        _ => Err(TweetError::UnknownCountry(code.to_owned())),
+    }
+}
+
+fn check_description(description: &str) -> Result<(), TweetError> {
+    if description.trim().is_empty() {
+        return Err(TweetError::EmptyDescription);
+    }
+    let chars = description.chars().count();
+    if chars > MAX_DESCRIPTION_CHARS {
+        return Err(TweetError::DescriptionTooLong(chars));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
