@@ -31,8 +31,9 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # wait_port PORT NAME [SECONDS]
 wait_port() {
   local port=$1 name=$2 deadline=$((SECONDS + ${3:-60}))
+  local pidfile="$CLIMA_STATE/pids/$name.pid"
   until port_open "$port"; do
-    if ((SECONDS >= deadline)); then
+    if ((SECONDS >= deadline)) || { [[ -f $pidfile ]] && ! pid_alive "$pidfile"; }; then
       tail -n 30 "$CLIMA_STATE/logs/$name.log" 2>/dev/null >&2 || true
       die "$name did not open 127.0.0.1:$port (log: $CLIMA_STATE/logs/$name.log)"
     fi

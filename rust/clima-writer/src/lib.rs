@@ -1,1 +1,14 @@
-pub fn x(){}
+//! `clima writer`: a gRPC service that publishes tweets durably to one broker.
+//!
+//! - [`service`]: the `clima.v1.WriterService` implementation (validation,
+//!   then the sink; a reply only after the broker acknowledged).
+//! - [`server`]: the tonic server with reflection (v1 and v1alpha) and the
+//!   standard health service, whose status follows the broker's.
+//! - [`sinks`]: one module per broker, each with its `config`, `sink` and `tests`.
+
+pub mod server;
+pub mod service;
+pub mod sinks;
+
+pub use server::{ServerConfig, serve};
+pub use sinks::{Sink, SinkError};

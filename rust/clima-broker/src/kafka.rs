@@ -1,0 +1,88 @@
+//! Kafka (any Kafka-protocol broker: Apache Kafka, Strimzi, tansu).
+
+use std::time::Duration;
+
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    types::RDKafkaErrorCode,
+};
+
+use crate::BrokerError;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma separated host:port.
+    #[arg(long = "kafka-brokers", env = "CLIMA_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+
+    /// Topic that carries tweets.
+    #[arg(long = "kafka-topic", env = "CLIMA_KAFKA_TOPIC", default_value = "tweets-clima")]
+    pub topic: String,
+
+    /// Partitions of the topic when clima has to create it.
+    #[arg(long = "kafka-partitions", env = "CLIMA_KAFKA_PARTITIONS", default_value_t = 3)]
+    pub partitions: i32,
+
+    /// Replication factor of the topic when clima has to create it.
+    #[arg(long = "kafka-replication-factor", env = "CLIMA_KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub replication_factor: i32,
+
+    /// Extra librdkafka property as key=value (repeatable; env: comma separated),
+    /// e.g. security.protocol=SASL_SSL.
+    #[arg(long = "kafka-option", env = "CLIMA_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub options: Vec<(String, String)>,
+}
+
+impl KafkaArgs {
+    /// librdkafka settings common to every clima client of this cluster.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.options {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// An admin client for [`KafkaArgs::ensure_topic`].
+    pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, BrokerError> {
+        Ok(self.client_config().create()?)
+    }
+
+    /// Creates the topic unless it exists. Brokers like tansu and most
+    /// production clusters do not auto-create topics. Also proves the cluster
+    /// answers, so it doubles as a health check.
+    pub async fn ensure_topic(&self, admin: &AdminClient<DefaultClientContext>) -> Result<(), BrokerError> {
+        let topic = NewTopic::new(&self.topic, self.partitions, TopicReplication::Fixed(self.replication_factor));
+        let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+        for result in admin.create_topics([&topic], &options).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(BrokerError::KafkaTopic { topic, code }),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_key_value(pair: &str) -> Result<(String, String), String> {
+    pair.split_once('=')
+        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+        .filter(|(key, _)| !key.is_empty())
+        .ok_or_else(|| format!("expected key=value, got {pair:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_key_value;
+
+    #[test]
+    fn options_are_key_value_pairs() {
+        assert_eq!(parse_key_value("linger.ms=5"), Ok(("linger.ms".into(), "5".into())));
+        assert_eq!(parse_key_value("sasl.password=a=b"), Ok(("sasl.password".into(), "a=b".into())));
+        assert!(parse_key_value("linger.ms").is_err());
+        assert!(parse_key_value("=5").is_err());
+    }
+}

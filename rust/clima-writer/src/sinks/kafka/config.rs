@@ -1,0 +1,23 @@
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaSinkConfig {
+    /// How long the producer waits to fill a batch (librdkafka linger.ms).
+    #[arg(long = "kafka-linger", env = "CLIMA_KAFKA_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub linger: Duration,
+
+    /// How long a record may wait for the broker's acknowledgement before the
+    /// publish fails (librdkafka message.timeout.ms).
+    #[arg(long = "kafka-delivery-timeout", env = "CLIMA_KAFKA_DELIVERY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub delivery_timeout: Duration,
+
+    /// Compression codec (none, gzip, lz4, zstd; snappy where the broker supports it).
+    #[arg(long = "kafka-compression", env = "CLIMA_KAFKA_COMPRESSION", default_value = "none")]
+    pub compression: String,
+}
+
+impl Default for KafkaSinkConfig {
+    fn default() -> Self {
+        Self { linger: Duration::from_millis(5), delivery_timeout: Duration::from_secs(10), compression: "none".into() }
+    }
+}

@@ -1,0 +1,88 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clima_broker::kafka::KafkaArgs;
+use clima_proto::v1::TweetRecord;
+use clima_tweet::envelope;
+use futures::future::try_join_all;
+use rdkafka::{
+    admin::AdminClient,
+    client::DefaultClientContext,
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+    util::Timeout,
+};
+
+use super::KafkaSinkConfig;
+use crate::{Sink, SinkError};
+
+pub struct KafkaSink {
+    broker: KafkaArgs,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    /// Set once the topic is known to exist: producing to a missing topic
+    /// would only fail after the delivery timeout.
+    topic_ready: AtomicBool,
+    config: KafkaSinkConfig,
+}
+
+impl KafkaSink {
+    /// Creates the producer; it connects in the background, so this does not
+    /// wait for the broker (see [`Sink::check`]).
+    pub fn new(broker: KafkaArgs, config: KafkaSinkConfig) -> Result<Self, SinkError> {
+        let producer = broker
+            .client_config()
+            // Durability: every in-sync replica has the record before it is acked,
+            // and producer retries never duplicate or reorder it.
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", config.linger.as_millis().to_string())
+            .set("message.timeout.ms", config.delivery_timeout.as_millis().to_string())
+            .set("compression.type", &config.compression)
+            .create()
+            .map_err(clima_broker::BrokerError::from)?;
+        let admin = broker.admin()?;
+        Ok(Self { broker, producer, admin, topic_ready: AtomicBool::new(false), config })
+    }
+
+    async fn ensure_topic(&self) -> Result<(), SinkError> {
+        if !self.topic_ready.load(Ordering::Acquire) {
+            self.broker.ensure_topic(&self.admin).await?;
+            self.topic_ready.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    async fn publish_one(&self, record: &TweetRecord) -> Result<(), SinkError> {
+        let payload = envelope::encode(record);
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header { key: envelope::HEADER_CONTENT_TYPE, value: Some(envelope::CONTENT_TYPE) })
+            .insert(Header { key: envelope::HEADER_TWEET_ID, value: Some(record.id.as_str()) });
+        // Keyed by country: one country's tweets stay in order on one partition.
+        let key = record.tweet.as_ref().map_or("", |tweet| tweet.country.as_str());
+        let message = FutureRecord::to(&self.broker.topic).key(key).payload(&payload).headers(headers);
+        self.producer
+            .send(message, Timeout::After(self.config.delivery_timeout))
+            .await
+            .map(|_delivery| ())
+            .map_err(|(source, _message)| SinkError::KafkaDelivery { id: record.id.clone(), source })
+    }
+}
+
+impl Sink for KafkaSink {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn publish(&self, records: &[TweetRecord]) -> Result<(), SinkError> {
+        self.ensure_topic().await?;
+        // All records are enqueued before any is awaited, so they share batches.
+        try_join_all(records.iter().map(|record| self.publish_one(record))).await?;
+        Ok(())
+    }
+
+    async fn check(&self) -> Result<(), SinkError> {
+        self.broker.ensure_topic(&self.admin).await?;
+        self.topic_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+}

@@ -1,0 +1,69 @@
+//! Against the real RabbitMQ of the local stack.
+
+use clima_broker::rabbitmq::{QueueType, RabbitMqArgs};
+use clima_proto::v1::Weather;
+use clima_testkit::{amqp_url, record, unique_name};
+use clima_tweet::envelope;
+use lapin::{
+    options::{BasicGetOptions, QueueDeleteOptions},
+    types::AMQPValue,
+};
+
+use super::{RabbitMqSink, RabbitMqSinkConfig};
+use crate::{Sink, SinkError};
+
+fn broker() -> RabbitMqArgs {
+    let name = unique_name("rabbitmq-sink");
+    RabbitMqArgs { url: amqp_url(), exchange: name.clone(), queue: name, queue_type: QueueType::Quorum }
+}
+
+#[tokio::test]
+async fn published_records_are_persistent_confirmed_and_carry_their_id() {
+    let broker = broker();
+    let sink = RabbitMqSink::new(broker.clone(), RabbitMqSinkConfig::default());
+    let records = vec![record("AR", Weather::Soleado), record("CL", Weather::Lluvioso)];
+    sink.publish(&records).await.unwrap();
+
+    let connection = broker.connect("clima-test").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    for expected in &records {
+        let message = channel
+            .basic_get(broker.queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("message is queued");
+        assert_eq!(&envelope::decode(&message.delivery.data).unwrap(), expected);
+        let properties = &message.delivery.properties;
+        assert_eq!(properties.delivery_mode(), &Some(2));
+        assert_eq!(properties.message_id().as_ref().map(|id| id.as_str()), Some(expected.id.as_str()));
+        assert_eq!(properties.content_type().as_ref().map(|t| t.as_str()), Some(envelope::CONTENT_TYPE));
+        let headers = properties.headers().as_ref().unwrap();
+        assert_eq!(
+            headers.inner().get(envelope::HEADER_TWEET_ID),
+            Some(&AMQPValue::LongString(expected.id.as_str().into()))
+        );
+    }
+    channel.queue_delete(broker.queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn unroutable_records_fail_the_publish() {
+    let broker = broker();
+    let sink = RabbitMqSink::new(broker.clone(), RabbitMqSinkConfig::default());
+    sink.check().await.unwrap();
+    // Someone deletes the queue: the exchange has nowhere to route to.
+    let connection = broker.connect("clima-test").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel.queue_delete(broker.queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+
+    let error = sink.publish(&[record("PE", Weather::Nublado)]).await.unwrap_err();
+    assert!(matches!(error, SinkError::RabbitMqUnroutable { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn unreachable_broker_fails_the_publish() {
+    let mut broker = broker();
+    broker.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    let sink = RabbitMqSink::new(broker, RabbitMqSinkConfig::default());
+    assert!(sink.publish(&[record("PE", Weather::Nublado)]).await.is_err());
+}
