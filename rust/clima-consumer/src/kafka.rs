@@ -1,0 +1,119 @@
+//! Kafka → store: a consumer group; offsets are committed after the store counted the batch.
+
+use std::collections::BTreeMap;
+
+use clima_broker::kafka::KafkaArgs;
+use clima_proto::v1::TweetRecord;
+use clima_store::CounterStore;
+use clima_tweet::envelope;
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{BatchConfig, ConsumerError, connect_until_ready, count_until_stored};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaSourceConfig {
+    /// Consumer group id; consumers of one group share the topic's partitions.
+    #[arg(long = "kafka-group", env = "CLIMA_KAFKA_GROUP", default_value = "clima-consumer")]
+    pub group: String,
+}
+
+/// One polled batch: the records to count and, per partition, the offset to commit after.
+#[derive(Default)]
+struct Batch {
+    records: Vec<TweetRecord>,
+    next_offsets: BTreeMap<(String, i32), i64>,
+    rejected: usize,
+}
+
+/// Consumes until `shutdown`; the batch in hand is counted and committed first.
+pub async fn run(
+    broker: &KafkaArgs,
+    source: &KafkaSourceConfig,
+    batching: &BatchConfig,
+    store: &CounterStore,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumerError> {
+    let admin = broker.admin()?;
+    if connect_until_ready("creating the kafka topic", &shutdown, || broker.ensure_topic(&admin)).await.is_none() {
+        return Ok(());
+    }
+    let consumer: StreamConsumer = broker
+        .client_config()
+        .set("group.id", &source.group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&broker.topic])?;
+    tracing::info!(topic = %broker.topic, group = %source.group, "kafka consumer started");
+
+    let mut last_commit = None;
+    loop {
+        let batch = tokio::select! {
+            batch = next_batch(&consumer, batching) => batch?,
+            () = shutdown.cancelled() => break,
+        };
+        if !count_until_stored(store, &batch.records, &shutdown).await {
+            break;
+        }
+        if batch.rejected > 0 {
+            tracing::warn!(rejected = batch.rejected, "skipped messages that are not valid clima records");
+        }
+        let offsets = next_offsets(&batch);
+        commit(&consumer, &offsets, CommitMode::Async);
+        last_commit = Some(offsets);
+    }
+    // Async commits may still be queued: make the last one durable before leaving.
+    if let Some(offsets) = last_commit {
+        commit(&consumer, &offsets, CommitMode::Sync);
+    }
+    tracing::info!("kafka consumer stopped");
+    Ok(())
+}
+
+async fn next_batch(consumer: &StreamConsumer, batching: &BatchConfig) -> Result<Batch, ConsumerError> {
+    let mut batch = Batch::default();
+    let first = consumer.recv().await?;
+    add(&mut batch, &first);
+    drop(first);
+    let deadline = tokio::time::Instant::now() + batching.linger;
+    while batch.records.len() + batch.rejected < batching.max_records {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(message) => add(&mut batch, &message?),
+            Err(_elapsed) => break,
+        }
+    }
+    Ok(batch)
+}
+
+fn add(batch: &mut Batch, message: &rdkafka::message::BorrowedMessage<'_>) {
+    match envelope::decode(message.payload().unwrap_or_default()) {
+        Ok(record) => batch.records.push(record),
+        Err(error) => {
+            batch.rejected += 1;
+            tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "invalid message");
+        }
+    }
+    batch.next_offsets.insert((message.topic().to_owned(), message.partition()), message.offset() + 1);
+}
+
+fn next_offsets(batch: &Batch) -> TopicPartitionList {
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), offset) in &batch.next_offsets {
+        offsets
+            .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .expect("an offset from a received message is valid");
+    }
+    offsets
+}
+
+fn commit(consumer: &StreamConsumer, offsets: &TopicPartitionList, mode: CommitMode) {
+    // A failed commit (e.g. during a rebalance) only means redelivery, which
+    // the store's dedupe absorbs.
+    if let Err(error) = consumer.commit(offsets, mode) {
+        tracing::warn!(%error, "offset commit failed; the batch may be redelivered (and not recounted)");
+    }
+}

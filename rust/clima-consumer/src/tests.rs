@@ -1,0 +1,143 @@
+//! Against the real brokers and stores of the local stack.
+
+use std::time::Duration;
+
+use clima_broker::{kafka::KafkaArgs, rabbitmq::{QueueType, RabbitMqArgs}};
+use clima_proto::v1::{TweetRecord, Weather};
+use clima_store::{Counts, CounterStore, KeySchema, Retention};
+use clima_testkit::{amqp_url, kafka_brokers, record, redis_url, unique_name, valkey_url};
+use clima_writer::{Sink, sinks::{KafkaSink, RabbitMqSink, kafka::KafkaSinkConfig, rabbitmq::RabbitMqSinkConfig}};
+use tokio_util::sync::CancellationToken;
+
+use crate::{BatchConfig, kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
+
+async fn fresh_store(url: &str) -> CounterStore {
+    CounterStore::connect(url, KeySchema::new(unique_name("consumer")), Retention::default()).await.unwrap()
+}
+
+/// Waits until the store's total reaches `total`, then returns its counts.
+async fn counted(store: &CounterStore, total: u64) -> Counts {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = store.read_counts(1).await.unwrap();
+        if counts.total >= total || tokio::time::Instant::now() > deadline {
+            return counts;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// 5 distinct tweets, one of them published twice (a producer-side retry).
+fn tweets_with_a_duplicate() -> Vec<TweetRecord> {
+    let mut records = vec![
+        record("GT", Weather::Lluvioso),
+        record("GT", Weather::Soleado),
+        record("MX", Weather::Nublado),
+        record("US", Weather::Soleado),
+        record("GT", Weather::Lluvioso),
+    ];
+    records.push(records[0].clone());
+    records
+}
+
+fn assert_counts(counts: &Counts) {
+    assert_eq!(counts.total, 5);
+    assert_eq!(counts.by_country["GT"], 3);
+    assert_eq!(counts.by_country["MX"], 1);
+    assert_eq!(counts.by_country_weather["GT:Lluvioso"], 2);
+    assert_eq!(counts.by_weather["Soleado"], 2);
+}
+
+#[tokio::test]
+async fn kafka_to_redis_counts_once_skips_poison_and_commits() {
+    let broker = KafkaArgs {
+        brokers: kafka_brokers(),
+        topic: unique_name("consumer-topic"),
+        partitions: 2,
+        replication_factor: 1,
+        options: Vec::new(),
+    };
+    let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
+    sink.publish(&tweets_with_a_duplicate()).await.unwrap();
+    publish_raw_kafka(&broker, b"not a protobuf record").await;
+
+    let source = KafkaSourceConfig { group: unique_name("group") };
+    let store = fresh_store(&redis_url()).await;
+    let shutdown = CancellationToken::new();
+    let consumer = tokio::spawn({
+        let (broker, source, store, shutdown) = (broker.clone(), source.clone(), store.clone(), shutdown.clone());
+        async move { crate::kafka::run(&broker, &source, &BatchConfig::default(), &store, shutdown).await }
+    });
+    assert_counts(&counted(&store, 5).await);
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+
+    // Same group, fresh store: committed offsets mean only the new tweet is read.
+    sink.publish(&[record("CA", Weather::Nublado)]).await.unwrap();
+    let second_store = fresh_store(&redis_url()).await;
+    let shutdown = CancellationToken::new();
+    let consumer = tokio::spawn({
+        let (store, shutdown) = (second_store.clone(), shutdown.clone());
+        async move { crate::kafka::run(&broker, &source, &BatchConfig::default(), &store, shutdown).await }
+    });
+    let counts = counted(&second_store, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts_later = second_store.read_counts(1).await.unwrap();
+    assert_eq!((counts.total, counts_later.total), (1, 1), "only the tweet after the commit is read again");
+    assert_eq!(counts_later.by_country["CA"], 1);
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+}
+
+async fn publish_raw_kafka(broker: &KafkaArgs, payload: &[u8]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = broker.client_config().create().unwrap();
+    producer
+        .send(FutureRecord::<(), _>::to(&broker.topic).payload(payload), Duration::from_secs(10))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn rabbitmq_to_valkey_counts_once_rejects_poison_and_acks() {
+    let name = unique_name("consumer-queue");
+    let broker = RabbitMqArgs { url: amqp_url(), exchange: name.clone(), queue: name, queue_type: QueueType::Quorum };
+    let sink = RabbitMqSink::new(broker.clone(), RabbitMqSinkConfig::default());
+    sink.publish(&tweets_with_a_duplicate()).await.unwrap();
+    let connection = broker.connect("clima-test").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            broker.exchange.as_str().into(),
+            clima_broker::rabbitmq::ROUTING_KEY.into(),
+            Default::default(),
+            b"not a protobuf record",
+            Default::default(),
+        )
+        .await
+        .unwrap();
+
+    let store = fresh_store(&valkey_url()).await;
+    let shutdown = CancellationToken::new();
+    let consumer = tokio::spawn({
+        let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
+        async move {
+            crate::rabbitmq::run(&broker, &RabbitMqSourceConfig::default(), &BatchConfig::default(), &store, shutdown).await
+        }
+    });
+    assert_counts(&counted(&store, 5).await);
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+
+    // Everything was acked (or, the poison message, rejected): the queue is empty.
+    let queue = channel
+        .queue_declare(
+            broker.queue.as_str().into(),
+            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(queue.message_count(), 0);
+    channel.queue_delete(broker.queue.as_str().into(), Default::default()).await.unwrap();
+}
