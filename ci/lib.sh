@@ -86,3 +86,25 @@ stop_daemon() {
   fi
   rm -f "$pidfile"
 }
+
+CLIMA_SERVICES=(writer-kafka writer-rabbitmq consumer-kafka consumer-rabbitmq api)
+
+# ensure_port_free PORT NAME: fails if something other than NAME holds PORT.
+ensure_port_free() {
+  local port=$1 name=$2
+  if port_open "$port" && ! pid_alive "$CLIMA_STATE/pids/$name.pid"; then
+    die "127.0.0.1:$port is taken by another process; stop it or set the port variable (see ci/lib.sh)"
+  fi
+}
+
+# wait_http URL NAME SECONDS: waits for a 2xx answer.
+wait_http() {
+  local url=$1 name=$2 deadline=$((SECONDS + $3))
+  until curl -fsS -o /dev/null "$url" 2>/dev/null; do
+    if ((SECONDS >= deadline)); then
+      curl -sS "$url" >&2 || true
+      die "$name is not ready at $url (logs: $CLIMA_STATE/logs/)"
+    fi
+    sleep 0.3
+  done
+}

@@ -1,1 +1,53 @@
-pub fn x(){}
+//! `clima api`: the HTTP ingress.
+//!
+//! `POST /input` takes one tweet object or a JSON array of them, decoded
+//! through the proto JSON mapping of `clima.v1.TweetInput` and validated by
+//! `clima-tweet`. Each accepted tweet gets a UUIDv7 id and a received time and
+//! goes to every writer over gRPC; the answer is 202 only after every writer
+//! confirmed that its broker durably accepted every tweet.
+
+mod config;
+mod error;
+mod input;
+mod writers;
+
+use std::{future::Future, sync::Arc};
+
+use axum::{Router, extract::DefaultBodyLimit, routing::{get, post}};
+use tokio::net::TcpListener;
+
+pub use config::ApiConfig;
+pub use error::ApiError;
+pub use writers::Writers;
+
+#[derive(Clone)]
+struct AppState {
+    writers: Arc<Writers>,
+    config: Arc<ApiConfig>,
+}
+
+/// The HTTP routes, ready to serve.
+pub fn router(config: ApiConfig) -> Result<Router, ApiError> {
+    let writers = Arc::new(Writers::new(&config.writers, config.writer_timeout)?);
+    let body_limit = config.max_body_bytes;
+    let state = AppState { writers, config: Arc::new(config) };
+    Ok(Router::new()
+        .route("/input", post(input::post_input))
+        .route("/healthz", get(input::healthz))
+        .route("/readyz", get(input::readyz))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state))
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets
+/// in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    config: ApiConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    let app = router(config)?;
+    tracing::info!(address = ?listener.local_addr().ok(), "api listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(ApiError::Serve)
+}

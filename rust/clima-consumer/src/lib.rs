@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, clap::Args)]
 pub struct BatchConfig {
     /// Most tweets counted in one store round trip.
-    #[arg(long = "batch-size", env = "CLIMA_CONSUMER_BATCH_SIZE", default_value_t = 500)]
+    #[arg(id = "batch_size", long = "batch-size", value_name = "TWEETS", env = "CLIMA_CONSUMER_BATCH_SIZE", default_value_t = 500)]
     pub max_records: usize,
 
     /// How long to wait for more messages once a batch has its first one.

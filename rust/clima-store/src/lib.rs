@@ -225,5 +225,47 @@ pub struct Counts {
     pub per_minute: Vec<(i64, u64)>,
 }
 
+impl Counts {
+    /// Adds one tweet, as the store would count it (for expected tallies).
+    pub fn add(&mut self, country: &str, weather: &str) {
+        self.total += 1;
+        *self.by_country.entry(country.to_owned()).or_default() += 1;
+        *self.by_weather.entry(weather.to_owned()).or_default() += 1;
+        *self.by_country_weather.entry(format!("{country}:{weather}")).or_default() += 1;
+    }
+
+    /// Adds every counter of `other` (per-minute counts are not merged).
+    pub fn merge(&mut self, other: &Counts) {
+        self.total += other.total;
+        for (mine, theirs) in [
+            (&mut self.by_country, &other.by_country),
+            (&mut self.by_weather, &other.by_weather),
+            (&mut self.by_country_weather, &other.by_country_weather),
+        ] {
+            for (key, count) in theirs {
+                *mine.entry(key.clone()).or_default() += count;
+            }
+        }
+    }
+
+    /// What was counted after `earlier` was read (per-minute counts excluded;
+    /// zero entries dropped).
+    pub fn since(&self, earlier: &Counts) -> Counts {
+        let minus = |now: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>| {
+            now.iter()
+                .map(|(key, count)| (key.clone(), count.saturating_sub(before.get(key).copied().unwrap_or(0))))
+                .filter(|(_, count)| *count > 0)
+                .collect()
+        };
+        Counts {
+            total: self.total.saturating_sub(earlier.total),
+            by_country: minus(&self.by_country, &earlier.by_country),
+            by_weather: minus(&self.by_weather, &earlier.by_weather),
+            by_country_weather: minus(&self.by_country_weather, &earlier.by_country_weather),
+            per_minute: Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

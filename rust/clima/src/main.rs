@@ -1,1 +1,71 @@
-fn main(){}
+//! `clima`: every Tweets del Clima service in one binary, a subcommand each.
+
+mod commands;
+mod shutdown;
+mod telemetry;
+
+use clap::{Parser, Subcommand};
+
+/// Tweets del Clima: weather reports over HTTP, published to Kafka and
+/// RabbitMQ, counted exactly once in Redis and Valkey.
+///
+/// Every flag also reads the environment variable shown in its help.
+#[derive(Debug, Parser)]
+#[command(name = "clima", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    #[command(flatten)]
+    telemetry: telemetry::TelemetryArgs,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// HTTP ingress: POST /input, fanned out to every writer over gRPC.
+    Api(commands::api::ApiArgs),
+    /// gRPC writer: publishes tweets durably to Kafka or RabbitMQ.
+    Writer(commands::writer::WriterArgs),
+    /// Consumer: counts tweets from Kafka into Redis, or from RabbitMQ into Valkey.
+    Consumer(commands::consumer::ConsumerArgs),
+    /// Load generator: sends tweets to POST /input and can verify they were counted.
+    Load(commands::load::LoadArgs),
+    /// Prints the counts in Redis and Valkey side by side.
+    Stats(commands::stats::StatsArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(&cli.telemetry);
+    match cli.command {
+        Command::Api(args) => commands::api::run(args).await,
+        Command::Writer(args) => commands::writer::run(args).await,
+        Command::Consumer(args) => commands::consumer::run(args).await,
+        Command::Load(args) => commands::load::run(args).await,
+        Command::Stats(args) => commands::stats::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_every_flag_has_an_env_var() {
+        let command = super::Cli::command();
+        command.clone().debug_assert();
+        for subcommand in command.get_subcommands() {
+            for arg in subcommand.get_arguments() {
+                if arg.get_long().is_some() && !matches!(arg.get_id().as_str(), "help" | "version") {
+                    assert!(
+                        arg.get_env().is_some(),
+                        "clima {} --{} has no environment variable",
+                        subcommand.get_name(),
+                        arg.get_long().unwrap()
+                    );
+                }
+            }
+        }
+    }
+}

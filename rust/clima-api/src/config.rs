@@ -1,0 +1,35 @@
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiConfig {
+    /// gRPC endpoint of a writer (repeatable; env: comma separated). Every
+    /// accepted tweet is sent to every writer.
+    #[arg(
+        long = "writer",
+        env = "CLIMA_WRITERS",
+        value_delimiter = ',',
+        required = true,
+        default_values_t = ["http://127.0.0.1:50051".to_owned(), "http://127.0.0.1:50052".to_owned()]
+    )]
+    pub writers: Vec<String>,
+
+    /// How long a writer may take to confirm before the request fails with 503.
+    #[arg(long = "writer-timeout", env = "CLIMA_WRITER_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub writer_timeout: Duration,
+
+    /// Largest request body accepted, in bytes (413 above).
+    #[arg(long = "max-body-bytes", env = "CLIMA_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most tweets accepted in one request (an array); keep it at most the
+    /// writers' --max-records.
+    #[arg(long = "max-tweets", env = "CLIMA_MAX_TWEETS", default_value_t = 1000)]
+    pub max_tweets: usize,
+}
+
+impl ApiConfig {
+    /// Defaults with the given writer endpoints.
+    pub fn with_writers(writers: Vec<String>) -> Self {
+        Self { writers, writer_timeout: Duration::from_secs(2), max_body_bytes: 1024 * 1024, max_tweets: 1000 }
+    }
+}

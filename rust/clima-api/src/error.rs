@@ -1,0 +1,67 @@
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+/// Every error the API answers with; all are JSON:
+/// `{"error": "<code>", "message": "...", "field": "<JSON path>"}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    InvalidJson { field: Option<String>, message: String },
+    #[error("{message}")]
+    InvalidTweet { field: String, message: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("invalid writer endpoint {endpoint:?}: {source}")]
+    WriterEndpoint {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("http server: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidJson { .. } => (StatusCode::BAD_REQUEST, "invalid_json"),
+            Self::InvalidTweet { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_tweet"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::WriterEndpoint { .. } | Self::Serve(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error) = self.status_and_code();
+        let field = match &self {
+            Self::InvalidJson { field, .. } => field.as_deref(),
+            Self::InvalidTweet { field, .. } => Some(field.as_str()),
+            _ => None,
+        };
+        let body = ErrorBody { error, message: self.to_string(), field };
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,123 @@
+use std::time::SystemTime;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header::CONTENT_TYPE},
+    response::IntoResponse,
+};
+use clima_proto::v1::{TweetInput, TweetRecord};
+use pbjson_types::Timestamp;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::{ApiError, AppState};
+
+/// `POST /input`: one tweet object or an array of them.
+pub(crate) async fn post_input(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_json(&headers)?;
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
+            "request body is larger than {} bytes; send fewer tweets per request",
+            state.config.max_body_bytes
+        )),
+        _ => ApiError::BadRequest(rejection.body_text()),
+    })?;
+    let Decoded { inputs, array } = decode(&body)?;
+    if inputs.len() > state.config.max_tweets {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "{} tweets in one request; at most {} are accepted",
+            inputs.len(),
+            state.config.max_tweets
+        )));
+    }
+    let records = accept(inputs, array)?;
+    state.writers.publish(&records).await?;
+    let ids: Vec<&str> = records.iter().map(|record| record.id.as_str()).collect();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": ids.len(), "ids": ids }))))
+}
+
+/// `GET /healthz`: the process is alive.
+pub(crate) async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: every writer reports SERVING (its broker is reachable).
+pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let (ready, writers) = state.writers.health().await;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "status": if ready { "ready" } else { "not_ready" }, "writers": writers })))
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if essence.eq_ignore_ascii_case("application/json") { Ok(()) } else { Err(ApiError::UnsupportedMediaType) }
+}
+
+/// A decoded body: its tweets, and whether they came as an array.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub inputs: Vec<TweetInput>,
+    pub array: bool,
+}
+
+/// Decodes the body as one `TweetInput` object or an array of them, through
+/// the proto's JSON mapping (unknown fields are errors). Errors name the JSON
+/// path of the offending value, e.g. `[3].country`.
+pub(crate) fn decode(body: &[u8]) -> Result<Decoded, ApiError> {
+    match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
+        Some(b'[') => {
+            let inputs: Vec<TweetInput> = decode_json(body)?;
+            if inputs.is_empty() {
+                return Err(ApiError::BadRequest("the array holds no tweets".into()));
+            }
+            Ok(Decoded { inputs, array: true })
+        }
+        Some(b'{') => Ok(Decoded { inputs: vec![decode_json(body)?], array: false }),
+        Some(_) => Err(ApiError::InvalidJson {
+            field: None,
+            message: "body must be a JSON object or an array of objects".into(),
+        }),
+        None => Err(ApiError::BadRequest("request body is empty".into())),
+    }
+}
+
+fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        ApiError::InvalidJson { field: (path != "." && path != "?").then_some(path), message: error.into_inner().to_string() }
+    })?;
+    // Trailing data after the JSON value is an error too.
+    deserializer
+        .end()
+        .map_err(|error| ApiError::InvalidJson { field: None, message: error.to_string() })?;
+    Ok(value)
+}
+
+/// Validates every input (one bad element rejects the request) and gives each
+/// tweet its id and received time.
+pub(crate) fn accept(inputs: Vec<TweetInput>, array: bool) -> Result<Vec<TweetRecord>, ApiError> {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let received_at = Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() as i32 };
+    inputs
+        .into_iter()
+        .enumerate()
+        .map(|(index, input)| {
+            let tweet = clima_tweet::validate_input(input).map_err(|error| ApiError::InvalidTweet {
+                field: if array { format!("[{index}].{}", error.field()) } else { error.field().to_owned() },
+                message: error.to_string(),
+            })?;
+            Ok(TweetRecord { id: uuid::Uuid::now_v7().to_string(), received_at: Some(received_at), tweet: Some(tweet) })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,24 @@
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clima_api::ApiConfig;
+use tokio::net::TcpListener;
+
+use crate::shutdown;
+
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// Address to listen on for HTTP.
+    #[arg(long, env = "CLIMA_API_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    #[command(flatten)]
+    config: ApiConfig,
+}
+
+pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let shutdown = shutdown::on_signal();
+    clima_api::serve(listener, args.config, async move { shutdown.cancelled().await }).await?;
+    Ok(())
+}

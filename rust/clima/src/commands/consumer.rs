@@ -1,0 +1,89 @@
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use clima_broker::{kafka::KafkaArgs, rabbitmq::RabbitMqArgs};
+use clima_consumer::{BatchConfig, kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
+use clima_store::{CounterStore, KeySchema, Retention};
+
+use crate::shutdown;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SourceKind {
+    /// Kafka topic → Redis.
+    Kafka,
+    /// RabbitMQ queue → Valkey.
+    Rabbitmq,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConsumerArgs {
+    /// Broker this consumer reads from.
+    #[arg(long, env = "CLIMA_CONSUMER_SOURCE", value_enum)]
+    source: SourceKind,
+
+    #[command(flatten, next_help_heading = "Store")]
+    store: StoreArgs,
+
+    #[command(flatten, next_help_heading = "Batching")]
+    batching: BatchConfig,
+
+    #[command(flatten, next_help_heading = "Kafka")]
+    kafka: KafkaArgs,
+    #[command(flatten, next_help_heading = "Kafka")]
+    kafka_source: KafkaSourceConfig,
+
+    #[command(flatten, next_help_heading = "RabbitMQ")]
+    rabbitmq: RabbitMqArgs,
+    #[command(flatten, next_help_heading = "RabbitMQ")]
+    rabbitmq_source: RabbitMqSourceConfig,
+}
+
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// Redis/Valkey URL to count into [default: redis://127.0.0.1:6379 (Redis) for kafka,
+    /// redis://127.0.0.1:6380 (Valkey) for rabbitmq].
+    #[arg(id = "store_url", long = "store-url", value_name = "URL", env = "CLIMA_STORE_URL")]
+    url: Option<String>,
+
+    /// Prefix of every key clima writes (see ARCHITECTURE.md, "Key schema").
+    #[arg(long = "key-prefix", env = "CLIMA_KEY_PREFIX", default_value = "clima")]
+    key_prefix: String,
+
+    /// How long a counted tweet id is remembered to drop redeliveries and retries.
+    #[arg(long = "dedupe-window", env = "CLIMA_DEDUPE_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    dedupe_window: Duration,
+
+    /// How long per-minute counters are kept.
+    #[arg(long = "minute-retention", env = "CLIMA_MINUTE_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    minute_retention: Duration,
+}
+
+pub async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
+    let url = args.store.url.clone().unwrap_or_else(|| match args.source {
+        SourceKind::Kafka => "redis://127.0.0.1:6379".to_owned(),
+        SourceKind::Rabbitmq => "redis://127.0.0.1:6380".to_owned(),
+    });
+    let keys = KeySchema::new(&args.store.key_prefix);
+    let retention = Retention { dedupe_window: args.store.dedupe_window, minutes: args.store.minute_retention };
+    let shutdown = shutdown::on_signal();
+
+    let connect = || CounterStore::connect(&url, keys.clone(), retention);
+    let store = tokio::select! {
+        store = connect
+            .retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(5)).without_max_times())
+            .notify(|error, delay| tracing::warn!(%error, ?delay, "store not reachable; retrying")) => store?,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    tracing::info!(store = %url, prefix = %args.store.key_prefix, "store connected");
+
+    match args.source {
+        SourceKind::Kafka => {
+            clima_consumer::kafka::run(&args.kafka, &args.kafka_source, &args.batching, &store, shutdown).await?
+        }
+        SourceKind::Rabbitmq => {
+            clima_consumer::rabbitmq::run(&args.rabbitmq, &args.rabbitmq_source, &args.batching, &store, shutdown)
+                .await?
+        }
+    }
+    Ok(())
+}

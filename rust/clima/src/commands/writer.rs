@@ -1,0 +1,62 @@
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clima_broker::{kafka::KafkaArgs, rabbitmq::RabbitMqArgs};
+use clima_writer::{
+    ServerConfig,
+    sinks::{KafkaSink, RabbitMqSink, kafka::KafkaSinkConfig, rabbitmq::RabbitMqSinkConfig},
+};
+use tokio::net::TcpListener;
+
+use crate::shutdown;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SinkKind {
+    Kafka,
+    Rabbitmq,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WriterArgs {
+    /// Broker this writer publishes to.
+    #[arg(long, env = "CLIMA_WRITER_SINK", value_enum)]
+    sink: SinkKind,
+
+    /// Address to listen on for gRPC [default: 127.0.0.1:50051 for kafka, 127.0.0.1:50052 for rabbitmq].
+    #[arg(long, env = "CLIMA_WRITER_LISTEN")]
+    listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    server: ServerConfig,
+
+    #[command(flatten, next_help_heading = "Kafka")]
+    kafka: KafkaArgs,
+    #[command(flatten, next_help_heading = "Kafka")]
+    kafka_sink: KafkaSinkConfig,
+
+    #[command(flatten, next_help_heading = "RabbitMQ")]
+    rabbitmq: RabbitMqArgs,
+    #[command(flatten, next_help_heading = "RabbitMQ")]
+    rabbitmq_sink: RabbitMqSinkConfig,
+}
+
+pub async fn run(args: WriterArgs) -> anyhow::Result<()> {
+    let listen = args.listen.unwrap_or_else(|| match args.sink {
+        SinkKind::Kafka => SocketAddr::from(([127, 0, 0, 1], 50051)),
+        SinkKind::Rabbitmq => SocketAddr::from(([127, 0, 0, 1], 50052)),
+    });
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let shutdown = shutdown::on_signal();
+    let shutdown = async move { shutdown.cancelled().await };
+    match args.sink {
+        SinkKind::Kafka => {
+            let sink = KafkaSink::new(args.kafka, args.kafka_sink)?;
+            clima_writer::serve(listener, sink, args.server, shutdown).await?;
+        }
+        SinkKind::Rabbitmq => {
+            let sink = RabbitMqSink::new(args.rabbitmq, args.rabbitmq_sink);
+            clima_writer::serve(listener, sink, args.server, shutdown).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,73 @@
+use std::time::{Duration, Instant};
+
+use clima_api::ApiConfig;
+use tokio::net::TcpListener;
+
+use crate::helpers::{TestStack, post_json};
+
+const TWEET: &str = r#"{"description":"Está lloviendo","country":"GT","weather":"Lluvioso"}"#;
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_that_name_the_problem() {
+    let stack = TestStack::spawn().await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/input", stack.api);
+
+    let wrong_type = client.post(&url).header("content-type", "text/plain").body(TWEET).send().await.unwrap();
+    assert_eq!(wrong_type.status().as_u16(), 415);
+    let answer: serde_json::Value = wrong_type.json().await.unwrap();
+    assert_eq!(answer["error"], "unsupported_media_type");
+
+    let huge = format!("[{}]", vec![TWEET; 20_000].join(","));
+    let (status, answer) = post_json(&client, &url, &huge).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"], "payload_too_large");
+
+    let too_many = format!("[{}]", vec![TWEET; 1001].join(","));
+    let (status, _) = post_json(&client, &url, &too_many).await;
+    assert_eq!(status, 413);
+
+    let (status, answer) = stack.post_input(r#"[{"description":"a","country":"GT","weather":"Soleado"},{"description":"b","country":"GTM","weather":"Soleado"}]"#).await;
+    assert_eq!((status, answer["error"].as_str(), answer["field"].as_str()), (422, Some("invalid_tweet"), Some("[1].country")));
+
+    let (status, answer) = stack.post_input(r#"{"description":"a","country":["GT"],"weather":"Soleado"}"#).await;
+    assert_eq!((status, answer["error"].as_str(), answer["field"].as_str()), (400, Some("invalid_json"), Some("country")));
+
+    let invalid_utf8 = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(b"{\"description\":\"\xff\",\"country\":\"GT\",\"weather\":\"Soleado\"}".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalid_utf8.status().as_u16(), 400);
+
+    let (redis, valkey) = stack.counted(0).await;
+    assert_eq!((redis.total, valkey.total), (0, 0), "rejected requests are counted nowhere");
+}
+
+#[tokio::test]
+async fn a_missing_writer_means_503_quickly_and_not_ready() {
+    let stack = TestStack::spawn().await;
+    // An API whose second writer does not exist: nothing listens on the port.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let missing = closed.local_addr().unwrap();
+    drop(closed);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let config = ApiConfig::with_writers(vec![format!("http://{}", stack.kafka_writer), format!("http://{missing}")]);
+    tokio::spawn(clima_api::serve(listener, config, std::future::pending()));
+
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let (status, answer) = post_json(&client, &format!("http://{api}/input"), TWEET).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"], "unavailable");
+    assert!(answer["message"].as_str().unwrap().contains(&missing.to_string()), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3), "503 took {:?}", started.elapsed());
+
+    let ready = client.get(format!("http://{api}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let health = client.get(format!("http://{api}/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+}

@@ -1,0 +1,59 @@
+use serde_json::json;
+
+use crate::helpers::TestStack;
+
+#[tokio::test]
+async fn a_known_mix_is_counted_exactly_in_redis_and_in_valkey() {
+    let stack = TestStack::spawn().await;
+    let mut expected = clima_store::Counts::default();
+
+    // Single objects, with the letter cases and spellings clients really send.
+    for (description, country, weather, canonical) in [
+        ("Está lloviendo", "GT", "Lluvioso", "Lluvioso"),
+        ("Nublado en la capital", "gt", "nubloso", "Nublado"),
+        ("Sol", "MX", "SOLEADO", "Soleado"),
+    ] {
+        let body = json!({"description": description, "country": country, "weather": weather}).to_string();
+        let (status, answer) = stack.post_input(&body).await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer["accepted"], 1);
+        expected.add(&country.to_uppercase(), canonical);
+    }
+
+    // Arrays.
+    let array: Vec<_> = (0..50)
+        .map(|i| {
+            let (country, weather) = [("US", "Soleado"), ("GT", "Lluvioso"), ("ES", "Nublado"), ("BR", "Lluvioso")][i % 4];
+            expected.add(country, weather);
+            json!({"description": format!("reporte {i}"), "country": country, "weather": weather})
+        })
+        .collect();
+    let (status, answer) = stack.post_input(&json!(array).to_string()).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["ids"].as_array().unwrap().len(), 50);
+
+    // Invalid ones, alone and inside arrays with valid tweets: none is counted.
+    for body in [
+        json!({"description": "x", "country": "ZZ", "weather": "Soleado"}).to_string(),
+        json!({"description": "x", "country": "GT", "weather": "Nevado"}).to_string(),
+        json!({"description": "", "country": "GT", "weather": "Soleado"}).to_string(),
+        json!([{"description": "ok", "country": "GT", "weather": "Soleado"}, {"description": "x", "country": "GT"}]).to_string(),
+        r#"{"description": "x", "country": "GT", "weather": "Soleado", "extra": 1}"#.to_owned(),
+        r#"[{"description": "ok", "country": "GT", "weather": "Soleado"}, 7]"#.to_owned(),
+        "not json".to_owned(),
+    ] {
+        let (status, answer) = stack.post_input(&body).await;
+        assert!((400..500).contains(&status), "{body} → {status} {answer}");
+        assert!(answer["error"].is_string() && answer["message"].is_string(), "{answer}");
+    }
+
+    let (redis, valkey) = stack.counted(expected.total).await;
+    for (store, counts) in [("redis", &redis), ("valkey", &valkey)] {
+        assert_eq!(counts.total, expected.total, "{store} total");
+        assert_eq!(counts.by_country, expected.by_country, "{store} per country");
+        assert_eq!(counts.by_weather, expected.by_weather, "{store} per weather");
+        assert_eq!(counts.by_country_weather, expected.by_country_weather, "{store} per country×weather");
+    }
+    assert_eq!(redis.per_minute.iter().map(|(_, n)| n).sum::<u64>(), expected.total);
+    assert_eq!(redis.per_minute, valkey.per_minute, "both stores bucket by the API's received time");
+}
