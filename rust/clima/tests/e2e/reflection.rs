@@ -8,9 +8,9 @@ use crate::helpers::TestStack;
 async fn writers_list_their_services_over_reflection_v1_and_v1alpha() {
     let stack = TestStack::spawn().await;
     for writer in [stack.kafka_writer, stack.rabbitmq_writer] {
-        let endpoint = format!("http://{writer}");
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{writer}")).unwrap().connect().await.unwrap();
 
-        let mut client = v1::server_reflection_client::ServerReflectionClient::connect(endpoint.clone()).await.unwrap();
+        let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
         let request = v1::ServerReflectionRequest {
             host: String::new(),
             message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
@@ -25,8 +25,7 @@ async fn writers_list_their_services_over_reflection_v1_and_v1alpha() {
         assert!(names.contains(&"clima.v1.WriterService".to_owned()), "{names:?}");
         assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
 
-        let mut client =
-            v1alpha::server_reflection_client::ServerReflectionClient::connect(endpoint.clone()).await.unwrap();
+        let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
         let request = v1alpha::ServerReflectionRequest {
             host: String::new(),
             message_request: Some(v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
