@@ -53,6 +53,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The stable error code of the JSON body (also a bounded metric label).
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error) = self.status_and_code();

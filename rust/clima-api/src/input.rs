@@ -20,7 +20,22 @@ pub(crate) async fn post_input(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_json(&headers)?;
+    let result = accept_input(&state, &headers, body).await;
+    match &result {
+        Ok(records) => metrics::counter!("clima_tweets_accepted_total").increment(records.len() as u64),
+        Err(error) => metrics::counter!("clima_input_errors_total", "error" => error.code()).increment(1),
+    }
+    let records = result?;
+    let ids: Vec<&str> = records.iter().map(|record| record.id.as_str()).collect();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": ids.len(), "ids": ids }))))
+}
+
+async fn accept_input(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Vec<TweetRecord>, ApiError> {
+    require_json(headers)?;
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
             "request body is larger than {} bytes; send fewer tweets per request",
@@ -37,9 +52,9 @@ pub(crate) async fn post_input(
         )));
     }
     let records = accept(inputs, array)?;
+    tracing::Span::current().record("clima.tweets", records.len());
     state.writers.publish(&records).await?;
-    let ids: Vec<&str> = records.iter().map(|record| record.id.as_str()).collect();
-    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": ids.len(), "ids": ids }))))
+    Ok(records)
 }
 
 /// `GET /healthz`: the process is alive.

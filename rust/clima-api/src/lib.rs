@@ -9,6 +9,7 @@
 mod config;
 mod error;
 mod input;
+mod observe;
 mod writers;
 
 use std::{future::Future, sync::Arc};
@@ -36,7 +37,7 @@ pub fn router(config: ApiConfig) -> Result<Router, ApiError> {
         .route("/healthz", get(input::healthz))
         .route("/readyz", get(input::readyz))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(observe::observe))
         .with_state(state))
 }
 

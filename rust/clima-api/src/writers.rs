@@ -1,10 +1,16 @@
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use clima_proto::v1::{PublishRequest, TweetRecord, writer_service_client::WriterServiceClient};
+use clima_proto::v1::{
+    PublishRequest, TweetRecord,
+    writer_service_client::WriterServiceClient,
+    writer_service_server::SERVICE_NAME,
+};
+use clima_telemetry::propagation::{self, MetadataInjector};
 use futures::future::join_all;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tracing::{Instrument, field::Empty};
 
 use crate::ApiError;
 
@@ -16,8 +22,42 @@ pub struct Writers {
 
 struct Writer {
     endpoint: String,
+    /// `host` and `port` of the endpoint, for span attributes.
+    address: (String, u16),
     client: WriterServiceClient<Channel>,
     health: HealthClient<Channel>,
+}
+
+impl Writer {
+    /// One `Publish` call: a client span whose context travels in the metadata.
+    async fn publish(&self, records: &[TweetRecord]) -> Result<(), (&str, tonic::Status)> {
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = %format_args!("{SERVICE_NAME}/Publish"),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.service = SERVICE_NAME,
+            rpc.method = "Publish",
+            rpc.grpc.status_code = Empty,
+            server.address = %self.address.0,
+            server.port = self.address.1,
+        );
+        let mut request = tonic::Request::new(PublishRequest { records: records.to_vec() });
+        propagation::inject(&span, &mut MetadataInjector(request.metadata_mut()));
+
+        let started = Instant::now();
+        let result = self.client.clone().publish(request).instrument(span.clone()).await;
+        let code = result.as_ref().map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
+        span.record("rpc.grpc.status_code", code as i32);
+        if code != tonic::Code::Ok {
+            span.record("otel.status_code", "ERROR");
+        }
+        let labels = [("method", "Publish".to_owned()), ("target", self.endpoint.clone()), ("code", format!("{code:?}"))];
+        metrics::counter!("grpc_client_requests_total", &labels).increment(1);
+        metrics::histogram!("grpc_client_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+        result.map(drop).map_err(|status| (self.endpoint.as_str(), status))
+    }
 }
 
 /// One writer's health as `/readyz` reports it.
@@ -38,8 +78,11 @@ impl Writers {
                     .timeout(timeout)
                     .tcp_nodelay(true)
                     .connect_lazy();
+                let uri: http::Uri = endpoint.parse().unwrap_or_default();
+                let address = (uri.host().unwrap_or_default().to_owned(), uri.port_u16().unwrap_or(80));
                 Ok(Writer {
                     endpoint: endpoint.clone(),
+                    address,
                     client: WriterServiceClient::new(channel.clone()),
                     health: HealthClient::new(channel),
                 })
@@ -51,10 +94,7 @@ impl Writers {
     /// Sends the records to every writer at once; `Ok` only if every writer
     /// confirmed them. The error names each writer that did not.
     pub async fn publish(&self, records: &[TweetRecord]) -> Result<(), ApiError> {
-        let calls = self.writers.iter().map(|writer| async move {
-            let request = PublishRequest { records: records.to_vec() };
-            writer.client.clone().publish(request).await.map_err(|status| (writer.endpoint.as_str(), status))
-        });
+        let calls = self.writers.iter().map(|writer| writer.publish(records));
         let failures: Vec<String> = join_all(calls)
             .await
             .into_iter()

@@ -86,3 +86,36 @@ mod tests {
         assert!(parse_key_value("=5").is_err());
     }
 }
+
+/// Kafka record headers as trace-context carriers.
+pub mod trace_headers {
+    use opentelemetry::propagation::{Extractor, Injector};
+    use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+    /// Collects `traceparent`/`tracestate`/`baggage` into record headers.
+    pub struct Inject(pub OwnedHeaders);
+
+    impl Injector for Inject {
+        fn set(&mut self, key: &str, value: String) {
+            let headers = std::mem::replace(&mut self.0, OwnedHeaders::new());
+            self.0 = headers.insert(Header { key, value: Some(&value) });
+        }
+    }
+
+    /// Reads trace context from a received record's headers.
+    pub struct Extract<'a, H: Headers>(pub &'a H);
+
+    impl<H: Headers> Extractor for Extract<'_, H> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0
+                .iter()
+                .find(|header| header.key.eq_ignore_ascii_case(key))
+                .and_then(|header| header.value)
+                .and_then(|value| std::str::from_utf8(value).ok())
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.iter().map(|header| header.key).collect()
+        }
+    }
+}

@@ -72,3 +72,35 @@ impl RabbitMqArgs {
         Ok(())
     }
 }
+
+/// AMQP message headers as trace-context carriers.
+pub mod trace_headers {
+    use lapin::types::{AMQPValue, FieldTable};
+    use opentelemetry::propagation::{Extractor, Injector};
+
+    /// Writes `traceparent`/`tracestate`/`baggage` into message headers.
+    pub struct Inject<'a>(pub &'a mut FieldTable);
+
+    impl Injector for Inject<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.insert(key.into(), AMQPValue::LongString(value.into()));
+        }
+    }
+
+    /// Reads trace context from a delivery's headers.
+    pub struct Extract<'a>(pub Option<&'a FieldTable>);
+
+    impl Extractor for Extract<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            match self.0?.inner().get(key)? {
+                AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok(),
+                AMQPValue::ShortString(value) => Some(value.as_str()),
+                _ => None,
+            }
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.map(|table| table.inner().keys().map(|key| key.as_str()).collect()).unwrap_or_default()
+        }
+    }
+}

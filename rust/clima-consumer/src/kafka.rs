@@ -2,17 +2,19 @@
 
 use std::collections::BTreeMap;
 
-use clima_broker::kafka::KafkaArgs;
+use clima_broker::kafka::{KafkaArgs, trace_headers};
 use clima_proto::v1::TweetRecord;
 use clima_store::CounterStore;
 use clima_tweet::envelope;
 use rdkafka::{
-    Message, Offset, TopicPartitionList,
-    consumer::{CommitMode, Consumer, StreamConsumer},
+    ClientContext, Message, Offset, Statistics, TopicPartitionList,
+    consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer},
+    message::BorrowedMessage,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
 
-use crate::{BatchConfig, ConsumerError, connect_until_ready, count_until_stored};
+use crate::{BatchConfig, ConsumerError, Source, connect_until_ready, count_until_stored, process_span, record_received};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaSourceConfig {
@@ -21,10 +23,33 @@ pub struct KafkaSourceConfig {
     pub group: String,
 }
 
-/// One polled batch: the records to count and, per partition, the offset to commit after.
+/// Publishes librdkafka's per-partition consumer lag as a gauge.
+struct LagReporter;
+
+impl ClientContext for LagReporter {
+    fn stats(&self, statistics: Statistics) {
+        for topic in statistics.topics.values() {
+            for (partition, stats) in &topic.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; lag -1 means unknown yet.
+                if *partition >= 0 && stats.consumer_lag >= 0 {
+                    metrics::gauge!("clima_consumer_lag_messages", "source" => "kafka", "partition" => partition.to_string())
+                        .set(stats.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagReporter {}
+
+type TweetConsumer = StreamConsumer<LagReporter>;
+
+/// One polled batch: the records to count with their process spans and, per
+/// partition, the offset to commit after.
 #[derive(Default)]
 struct Batch {
     records: Vec<TweetRecord>,
+    spans: Vec<Span>,
     next_offsets: BTreeMap<(String, i32), i64>,
     rejected: usize,
 }
@@ -41,12 +66,13 @@ pub async fn run(
     if connect_until_ready("creating the kafka topic", &shutdown, || broker.ensure_topic(&admin)).await.is_none() {
         return Ok(());
     }
-    let consumer: StreamConsumer = broker
+    let consumer: TweetConsumer = broker
         .client_config()
         .set("group.id", &source.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .create()?;
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(LagReporter)?;
     consumer.subscribe(&[&broker.topic])?;
     tracing::info!(topic = %broker.topic, group = %source.group, "kafka consumer started");
 
@@ -56,7 +82,7 @@ pub async fn run(
             batch = next_batch(&consumer, batching) => batch?,
             () = shutdown.cancelled() => break,
         };
-        if !count_until_stored(store, &batch.records, &shutdown).await {
+        if !count_until_stored(store, &batch.records, &batch.spans, Source::Kafka, &shutdown).await {
             break;
         }
         if batch.rejected > 0 {
@@ -74,7 +100,7 @@ pub async fn run(
     Ok(())
 }
 
-async fn next_batch(consumer: &StreamConsumer, batching: &BatchConfig) -> Result<Batch, ConsumerError> {
+async fn next_batch(consumer: &TweetConsumer, batching: &BatchConfig) -> Result<Batch, ConsumerError> {
     let mut batch = Batch::default();
     let first = consumer.recv().await?;
     add(&mut batch, &first);
@@ -89,9 +115,18 @@ async fn next_batch(consumer: &StreamConsumer, batching: &BatchConfig) -> Result
     Ok(batch)
 }
 
-fn add(batch: &mut Batch, message: &rdkafka::message::BorrowedMessage<'_>) {
-    match envelope::decode(message.payload().unwrap_or_default()) {
-        Ok(record) => batch.records.push(record),
+fn add(batch: &mut Batch, message: &BorrowedMessage<'_>) {
+    let decoded = envelope::decode(message.payload().unwrap_or_default());
+    record_received(Source::Kafka, decoded.is_ok());
+    match decoded {
+        Ok(record) => {
+            let span = process_span("kafka", message.topic(), &record.id);
+            if let Some(headers) = message.headers() {
+                clima_telemetry::propagation::set_parent(&span, &trace_headers::Extract(headers));
+            }
+            batch.records.push(record);
+            batch.spans.push(span);
+        }
         Err(error) => {
             batch.rejected += 1;
             tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "invalid message");
@@ -110,7 +145,7 @@ fn next_offsets(batch: &Batch) -> TopicPartitionList {
     offsets
 }
 
-fn commit(consumer: &StreamConsumer, offsets: &TopicPartitionList, mode: CommitMode) {
+fn commit(consumer: &TweetConsumer, offsets: &TopicPartitionList, mode: CommitMode) {
     // A failed commit (e.g. during a rebalance) only means redelivery, which
     // the store's dedupe absorbs.
     if let Err(error) = consumer.commit(offsets, mode) {

@@ -11,12 +11,13 @@
 pub mod kafka;
 pub mod rabbitmq;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use clima_proto::v1::TweetRecord;
 use clima_store::CounterStore;
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BatchConfig {
@@ -47,23 +48,99 @@ pub enum ConsumerError {
     StreamEnded,
 }
 
+/// Which broker a consumer reads (the `source` metric label).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Source {
+    Kafka,
+    RabbitMq,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Kafka => "kafka",
+            Self::RabbitMq => "rabbitmq",
+        }
+    }
+}
+
+/// The process span of one received message: a child of the span that
+/// published it (its context came in the message headers), so every tweet's
+/// trace runs from the HTTP request to its store write.
+pub(crate) fn process_span(system: &'static str, destination: &str, message_id: &str) -> Span {
+    tracing::info_span!(
+        "messaging.process",
+        otel.name = %format_args!("process {destination}"),
+        otel.kind = "consumer",
+        messaging.system = system,
+        messaging.destination.name = %destination,
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.message.id = %message_id,
+    )
+}
+
 /// Counts a batch, retrying the store until it succeeds: a batch is never
 /// skipped. Gives up only on shutdown, leaving the batch unacknowledged so the
 /// broker redelivers it to the next consumer.
-async fn count_until_stored(store: &CounterStore, records: &[TweetRecord], shutdown: &CancellationToken) -> bool {
+///
+/// The batch is one round trip, but each tweet gets its own store span (a
+/// child of its process span, all covering the same round trip) so that the
+/// write shows in every tweet's trace, not only in one of them.
+async fn count_until_stored(
+    store: &CounterStore,
+    records: &[TweetRecord],
+    process_spans: &[Span],
+    source: Source,
+    shutdown: &CancellationToken,
+) -> bool {
+    let system = store.system();
+    let _store_spans: Vec<Span> = process_spans
+        .iter()
+        .map(|parent| {
+            tracing::info_span!(
+                parent: parent,
+                "db.count",
+                otel.name = %format_args!("EVALSHA {system}"),
+                otel.kind = "client",
+                db.system = system,
+                db.system.name = system,
+                db.operation.name = "EVALSHA",
+                db.operation.batch.size = records.len(),
+            )
+        })
+        .collect();
+    let started = Instant::now();
     let count = || store.count_batch(records);
     let retrying = count
         .retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(5)).without_max_times())
-        .notify(|error, delay| tracing::warn!(%error, ?delay, "store write failed; retrying"));
+        .notify(|error, delay| {
+            metrics::counter!("clima_store_write_failures_total", "store" => system).increment(1);
+            tracing::warn!(%error, ?delay, "store write failed; retrying")
+        });
     tokio::select! {
         result = retrying => match result {
             Ok(new) => {
+                metrics::histogram!("clima_store_write_duration_seconds", "store" => system)
+                    .record(started.elapsed().as_secs_f64());
+                let source = source.label();
+                metrics::counter!("clima_counted_tweets_total", "source" => source, "store" => system).increment(new);
+                metrics::counter!("clima_duplicate_tweets_total", "source" => source, "store" => system)
+                    .increment(records.len() as u64 - new);
                 tracing::debug!(records = records.len(), new, "batch counted");
                 true
             }
             Err(_) => false,
         },
         () = shutdown.cancelled() => false,
+    }
+}
+
+/// Counts a message that arrived, and one that is not a valid record.
+fn record_received(source: Source, valid: bool) {
+    metrics::counter!("clima_consumed_messages_total", "source" => source.label()).increment(1);
+    if !valid {
+        metrics::counter!("clima_rejected_messages_total", "source" => source.label()).increment(1);
     }
 }
 

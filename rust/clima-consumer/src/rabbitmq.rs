@@ -1,19 +1,21 @@
 //! RabbitMQ → store: manual acks with bounded prefetch; a batch is acked
 //! (`multiple`) after the store counted it.
 
-use clima_broker::rabbitmq::RabbitMqArgs;
+use std::time::Duration;
+
+use clima_broker::rabbitmq::{RabbitMqArgs, trace_headers};
 use clima_store::CounterStore;
 use clima_tweet::envelope;
 use futures::StreamExt;
 use lapin::{
     Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{BatchConfig, ConsumerError, connect_until_ready, count_until_stored};
+use crate::{BatchConfig, ConsumerError, Source, connect_until_ready, count_until_stored, process_span, record_received};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RabbitMqSourceConfig {
@@ -45,9 +47,11 @@ pub async fn run(
             break;
         };
         tracing::info!(queue = %broker.queue, "rabbitmq consumer started");
+        let depth = tokio::spawn(report_queue_depth(channel.clone(), broker.queue.clone()));
         if let Err(error) = consume(&channel, consumer, batching, store, &shutdown).await {
             tracing::warn!(%error, "rabbitmq consumer lost its channel; reconnecting");
         }
+        depth.abort();
     }
     tracing::info!("rabbitmq consumer stopped");
     Ok(())
@@ -96,17 +100,24 @@ async fn consume(
             }
         }
         let mut records = Vec::with_capacity(deliveries.len());
+        let mut spans = Vec::with_capacity(deliveries.len());
         let mut last_valid_tag = None;
         for delivery in &deliveries {
-            match envelope::decode(&delivery.data) {
+            let decoded = envelope::decode(&delivery.data);
+            record_received(Source::RabbitMq, decoded.is_ok());
+            match decoded {
                 Ok(record) => {
+                    let span = process_span("rabbitmq", delivery.exchange.as_str(), &record.id);
+                    let headers = delivery.properties.headers().as_ref();
+                    clima_telemetry::propagation::set_parent(&span, &trace_headers::Extract(headers));
                     records.push(record);
+                    spans.push(span);
                     last_valid_tag = Some(delivery.delivery_tag);
                 }
                 Err(error) => reject(channel, delivery, &error).await?,
             }
         }
-        if !count_until_stored(store, &records, shutdown).await {
+        if !count_until_stored(store, &records, &spans, Source::RabbitMq, shutdown).await {
             // Shutting down with the batch uncounted: unacked, RabbitMQ redelivers it.
             return Ok(());
         }
@@ -124,4 +135,18 @@ async fn reject(channel: &Channel, delivery: &Delivery, error: &envelope::Envelo
         .basic_nack(delivery.delivery_tag, BasicNackOptions { multiple: false, requeue: false })
         .await?;
     Ok(())
+}
+
+/// Publishes the queue's ready-message count (the consumer's backlog) as a gauge.
+async fn report_queue_depth(channel: Channel, queue: String) {
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let mut interval = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        interval.tick().await;
+        match channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
+            Ok(state) => metrics::gauge!("clima_consumer_lag_messages", "source" => "rabbitmq", "partition" => "all")
+                .set(f64::from(state.message_count())),
+            Err(error) => tracing::debug!(%error, "queue depth unavailable"),
+        }
+    }
 }

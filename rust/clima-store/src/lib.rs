@@ -87,6 +87,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct CounterStore {
     url: String,
+    /// "redis" or "valkey", as the server says (for span attributes).
+    system: &'static str,
     connection: ConnectionManager,
     keys: KeySchema,
     retention: Retention,
@@ -127,8 +129,22 @@ impl CounterStore {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(2);
-        let connection = ConnectionManager::new_with_config(client, config).await.map_err(redis_error)?;
-        Ok(Self { url: url.to_owned(), connection, keys, retention, count_script: Script::new(COUNT_BATCH_LUA) })
+        let mut connection = ConnectionManager::new_with_config(client, config).await.map_err(redis_error)?;
+        let info: String = redis::cmd("INFO").arg("server").query_async(&mut connection).await.map_err(redis_error)?;
+        let system = if info.contains("valkey_version") { "valkey" } else { "redis" };
+        Ok(Self {
+            url: url.to_owned(),
+            system,
+            connection,
+            keys,
+            retention,
+            count_script: Script::new(COUNT_BATCH_LUA),
+        })
+    }
+
+    /// `redis` or `valkey`: which server this is.
+    pub fn system(&self) -> &'static str {
+        self.system
     }
 
     pub fn keys(&self) -> &KeySchema {

@@ -1,8 +1,13 @@
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
-use clima_proto::v1::{PublishRequest, PublishResponse, writer_service_server::WriterService};
+use clima_proto::v1::{
+    PublishRequest, PublishResponse,
+    writer_service_server::{SERVICE_NAME, WriterService},
+};
+use clima_telemetry::propagation::{self, MetadataExtractor};
 use clima_tweet::validate_record;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tracing::{Instrument, field::Empty};
 
 use crate::Sink;
 
@@ -16,12 +21,9 @@ impl<S: Sink> Writer<S> {
     pub fn new(sink: Arc<S>, max_records: usize) -> Self {
         Self { sink, max_records }
     }
-}
 
-#[tonic::async_trait]
-impl<S: Sink> WriterService for Writer<S> {
-    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
-        let records = request.into_inner().records;
+    async fn publish_records(&self, request: PublishRequest) -> Result<PublishResponse, Status> {
+        let records = request.records;
         if records.is_empty() {
             return Err(Status::invalid_argument("records: at least one record is required"));
         }
@@ -36,10 +38,46 @@ impl<S: Sink> WriterService for Writer<S> {
             validate_record(record)
                 .map_err(|error| Status::invalid_argument(format!("records[{index}].{}: {error}", error.field())))?;
         }
-        self.sink.publish(&records).await.map_err(|error| {
-            tracing::warn!(broker = self.sink.name(), %error, records = records.len(), "publish failed");
-            Status::unavailable(format!("{}: {error}", self.sink.name()))
-        })?;
-        Ok(Response::new(PublishResponse { published: records.len() as u32 }))
+        let broker = self.sink.name();
+        let started = Instant::now();
+        let published = self.sink.publish(&records).await;
+        metrics::histogram!("clima_publish_duration_seconds", "broker" => broker).record(started.elapsed().as_secs_f64());
+        if let Err(error) = published {
+            metrics::counter!("clima_publish_failures_total", "broker" => broker).increment(1);
+            tracing::warn!(broker, %error, records = records.len(), "publish failed");
+            return Err(Status::unavailable(format!("{broker}: {error}")));
+        }
+        metrics::counter!("clima_published_tweets_total", "broker" => broker).increment(records.len() as u64);
+        Ok(PublishResponse { published: records.len() as u32 })
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Sink> WriterService for Writer<S> {
+    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
+        let span = tracing::info_span!(
+            "grpc.server",
+            otel.name = %format_args!("{SERVICE_NAME}/Publish"),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.service = SERVICE_NAME,
+            rpc.method = "Publish",
+            rpc.grpc.status_code = Empty,
+            messaging.system = self.sink.name(),
+        );
+        propagation::set_parent(&span, &MetadataExtractor(request.metadata()));
+
+        let started = Instant::now();
+        let result = self.publish_records(request.into_inner()).instrument(span.clone()).await;
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        span.record("rpc.grpc.status_code", code as i32);
+        if !matches!(code, Code::Ok | Code::InvalidArgument) {
+            span.record("otel.status_code", "ERROR");
+        }
+        let labels = [("method", "Publish".to_owned()), ("code", format!("{code:?}"))];
+        metrics::counter!("grpc_server_requests_total", &labels).increment(1);
+        metrics::histogram!("grpc_server_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+        result.map(Response::new)
     }
 }

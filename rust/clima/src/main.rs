@@ -34,17 +34,34 @@ enum Command {
     Stats(commands::stats::StatsArgs),
 }
 
+impl Command {
+    /// The OpenTelemetry service name of the long-running services.
+    fn service_name(&self) -> Option<&'static str> {
+        match self {
+            Self::Api(_) => Some("clima-api"),
+            Self::Writer(args) => Some(args.service_name()),
+            Self::Consumer(args) => Some(args.service_name()),
+            Self::Load(_) | Self::Stats(_) => None,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(&cli.telemetry);
-    match cli.command {
+    let telemetry = telemetry::init(&cli.telemetry, cli.command.service_name())?;
+    let result = match cli.command {
         Command::Api(args) => commands::api::run(args).await,
         Command::Writer(args) => commands::writer::run(args).await,
         Command::Consumer(args) => commands::consumer::run(args).await,
         Command::Load(args) => commands::load::run(args).await,
         Command::Stats(args) => commands::stats::run(args).await,
+    };
+    if let Err(error) = &result {
+        tracing::error!("{error:#}");
     }
+    telemetry.shutdown();
+    result
 }
 
 #[cfg(test)]

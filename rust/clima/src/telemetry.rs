@@ -1,6 +1,25 @@
-//! Logging: structured JSON for machines or pretty text for people.
+//! Logs, traces and metrics of a clima process.
+//!
+//! Traces follow the standard OpenTelemetry environment variables:
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) turns on OTLP/gRPC
+//! export; `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//! `OTEL_TRACES_SAMPLER(_ARG)`, `OTEL_BSP_*` and `OTEL_SDK_DISABLED=true`
+//! work as the specification says. With no endpoint configured nothing
+//! OpenTelemetry runs at all: no export cost, and no trace context forwarded.
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::{global, propagation::TextMapCompositePropagator, trace::TracerProvider};
+use opentelemetry_sdk::{
+    Resource,
+    propagation::{BaggagePropagator, TraceContextPropagator},
+    trace::SdkTracerProvider,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::{EnvFilter, Layer, prelude::*};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum LogFormat {
@@ -10,7 +29,7 @@ pub enum LogFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct TelemetryArgs {
-    /// Log line format.
+    /// Log line format; JSON lines carry trace_id and span_id when traces are on.
     #[arg(long, global = true, env = "CLIMA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
 
@@ -19,14 +38,97 @@ pub struct TelemetryArgs {
     log: String,
 }
 
-pub fn init(args: &TelemetryArgs) {
-    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|error| {
-        eprintln!("invalid --log filter {:?} ({error}); using \"info\"", args.log);
-        EnvFilter::new("info")
-    });
-    let registry = tracing_subscriber::registry().with(filter);
-    match args.log_format {
-        LogFormat::Pretty => registry.with(fmt::layer().with_writer(std::io::stderr)).init(),
-        LogFormat::Json => registry.with(fmt::layer().json().with_writer(std::io::stderr)).init(),
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// Address of the admin HTTP server: Prometheus /metrics and /healthz
+    /// [default: 127.0.0.1:9100 api, :9101 kafka writer, :9102 rabbitmq writer,
+    /// :9103 kafka consumer, :9104 rabbitmq consumer].
+    #[arg(id = "admin_listen", long = "admin-listen", value_name = "ADDRESS", env = "CLIMA_ADMIN_LISTEN")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Buckets of every latency histogram, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// What must be flushed before the process exits.
+pub struct Telemetry {
+    tracer_provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still buffered.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.tracer_provider
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("flushing traces failed: {error}");
+        }
     }
+}
+
+/// Installs logging, and for a service (`service_name`) the tracer provider.
+pub fn init(args: &TelemetryArgs, service_name: Option<&str>) -> anyhow::Result<Telemetry> {
+    let filter = EnvFilter::try_new(&args.log).with_context(|| format!("invalid --log filter {:?}", args.log))?;
+    let tracer_provider = service_name.map(tracer_provider).transpose()?.flatten();
+    let otel_layer = tracer_provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("clima")).boxed());
+    let fmt_layer = match args.log_format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => {
+            let mut layer = json_subscriber::fmt::layer().with_writer(std::io::stderr).flatten_event(true);
+            layer = layer.with_current_span(false).with_span_list(false).with_opentelemetry_ids(true);
+            layer.boxed()
+        }
+    };
+    tracing_subscriber::registry().with(filter).with(otel_layer).with(fmt_layer).init();
+    Ok(Telemetry { tracer_provider })
+}
+
+fn env_is(name: &str, value: &str) -> bool {
+    std::env::var(name).is_ok_and(|set| set.trim().eq_ignore_ascii_case(value))
+}
+
+/// The tracer provider, if an OTLP endpoint is configured and the SDK is not disabled.
+fn tracer_provider(service_name: &str) -> anyhow::Result<Option<SdkTracerProvider>> {
+    let endpoint_set = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+        .iter()
+        .any(|name| std::env::var(name).is_ok_and(|value| !value.is_empty()));
+    if !endpoint_set || env_is("OTEL_SDK_DISABLED", "true") || env_is("OTEL_TRACES_EXPORTER", "none") {
+        return Ok(None);
+    }
+    global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
+    // The builder reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; ours is only the default.
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service_name.to_owned());
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build().context("OTLP exporter")?;
+    let provider = SdkTracerProvider::builder()
+        .with_resource(resource.build())
+        .with_batch_exporter(exporter)
+        .build();
+    global::set_tracer_provider(provider.clone());
+    Ok(Some(provider))
+}
+
+/// Installs the Prometheus recorder and starts the admin server on `listen`.
+pub async fn serve_admin(listen: SocketAddr, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let metrics: PrometheusHandle = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .context("histogram buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding the admin server to {listen}"))?;
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(error) = clima_telemetry::admin::serve(listener, metrics, async move { shutdown.cancelled().await }).await
+        {
+            tracing::error!(%error, "admin server failed");
+        }
+    });
+    Ok(())
 }

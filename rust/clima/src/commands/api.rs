@@ -4,7 +4,7 @@ use anyhow::Context;
 use clima_api::ApiConfig;
 use tokio::net::TcpListener;
 
-use crate::shutdown;
+use crate::{shutdown, telemetry};
 
 #[derive(Debug, clap::Args)]
 pub struct ApiArgs {
@@ -13,12 +13,16 @@ pub struct ApiArgs {
     listen: SocketAddr,
 
     #[command(flatten)]
+    admin: telemetry::AdminArgs,
+
+    #[command(flatten)]
     config: ApiConfig,
 }
 
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let shutdown = shutdown::on_signal();
+    telemetry::serve_admin(args.admin.listen.unwrap_or(([127, 0, 0, 1], 9100).into()), &shutdown).await?;
     clima_api::serve(listener, args.config, async move { shutdown.cancelled().await }).await?;
     Ok(())
 }

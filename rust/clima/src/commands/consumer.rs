@@ -5,7 +5,7 @@ use clima_broker::{kafka::KafkaArgs, rabbitmq::RabbitMqArgs};
 use clima_consumer::{BatchConfig, kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
 use clima_store::{CounterStore, KeySchema, Retention};
 
-use crate::shutdown;
+use crate::{shutdown, telemetry};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum SourceKind {
@@ -20,6 +20,9 @@ pub struct ConsumerArgs {
     /// Broker this consumer reads from.
     #[arg(long, env = "CLIMA_CONSUMER_SOURCE", value_enum)]
     source: SourceKind,
+
+    #[command(flatten)]
+    admin: telemetry::AdminArgs,
 
     #[command(flatten, next_help_heading = "Store")]
     store: StoreArgs,
@@ -58,6 +61,15 @@ struct StoreArgs {
     minute_retention: Duration,
 }
 
+impl ConsumerArgs {
+    pub fn service_name(&self) -> &'static str {
+        match self.source {
+            SourceKind::Kafka => "clima-consumer-kafka",
+            SourceKind::Rabbitmq => "clima-consumer-rabbitmq",
+        }
+    }
+}
+
 pub async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
     let url = args.store.url.clone().unwrap_or_else(|| match args.source {
         SourceKind::Kafka => "redis://127.0.0.1:6379".to_owned(),
@@ -66,6 +78,11 @@ pub async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
     let keys = KeySchema::new(&args.store.key_prefix);
     let retention = Retention { dedupe_window: args.store.dedupe_window, minutes: args.store.minute_retention };
     let shutdown = shutdown::on_signal();
+    let default_admin_port = match args.source {
+        SourceKind::Kafka => 9103,
+        SourceKind::Rabbitmq => 9104,
+    };
+    telemetry::serve_admin(args.admin.listen.unwrap_or(([127, 0, 0, 1], default_admin_port).into()), &shutdown).await?;
 
     let connect = || CounterStore::connect(&url, keys.clone(), retention);
     let store = tokio::select! {

@@ -8,7 +8,7 @@ use clima_writer::{
 };
 use tokio::net::TcpListener;
 
-use crate::shutdown;
+use crate::{shutdown, telemetry};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum SinkKind {
@@ -27,6 +27,9 @@ pub struct WriterArgs {
     listen: Option<SocketAddr>,
 
     #[command(flatten)]
+    admin: telemetry::AdminArgs,
+
+    #[command(flatten)]
     server: ServerConfig,
 
     #[command(flatten, next_help_heading = "Kafka")]
@@ -40,13 +43,24 @@ pub struct WriterArgs {
     rabbitmq_sink: RabbitMqSinkConfig,
 }
 
+impl WriterArgs {
+    pub fn service_name(&self) -> &'static str {
+        match self.sink {
+            SinkKind::Kafka => "clima-writer-kafka",
+            SinkKind::Rabbitmq => "clima-writer-rabbitmq",
+        }
+    }
+}
+
 pub async fn run(args: WriterArgs) -> anyhow::Result<()> {
-    let listen = args.listen.unwrap_or_else(|| match args.sink {
-        SinkKind::Kafka => SocketAddr::from(([127, 0, 0, 1], 50051)),
-        SinkKind::Rabbitmq => SocketAddr::from(([127, 0, 0, 1], 50052)),
-    });
+    let (default_port, default_admin_port) = match args.sink {
+        SinkKind::Kafka => (50051, 9101),
+        SinkKind::Rabbitmq => (50052, 9102),
+    };
+    let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let shutdown = shutdown::on_signal();
+    telemetry::serve_admin(args.admin.listen.unwrap_or(([127, 0, 0, 1], default_admin_port).into()), &shutdown).await?;
     let shutdown = async move { shutdown.cancelled().await };
     match args.sink {
         SinkKind::Kafka => {

@@ -1,8 +1,11 @@
-//! End-to-end tests: the API, both writers and both consumers run in this
-//! process on ephemeral ports, against the real Kafka-protocol broker,
-//! RabbitMQ, Redis and Valkey of the local stack (`ci/test` starts them).
+//! End-to-end tests against the real Kafka-protocol broker, RabbitMQ, Redis
+//! and Valkey of the local stack (`ci/test` starts them). `helpers::TestStack`
+//! runs the services in this process; `processes::ProcessStack` runs the real
+//! `clima` binary, one process per service, as a user would.
 
 mod api_errors;
 mod helpers;
+mod observability;
 mod pipeline;
+mod processes;
 mod reflection;

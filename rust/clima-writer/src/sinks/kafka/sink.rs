@@ -1,6 +1,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clima_broker::kafka::KafkaArgs;
+use clima_broker::kafka::{KafkaArgs, trace_headers};
 use clima_proto::v1::TweetRecord;
 use clima_tweet::envelope;
 use futures::future::try_join_all;
@@ -11,6 +11,8 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     util::Timeout,
 };
+
+use tracing::{Instrument, field::Empty};
 
 use super::KafkaSinkConfig;
 use crate::{Sink, SinkError};
@@ -53,18 +55,47 @@ impl KafkaSink {
     }
 
     async fn publish_one(&self, record: &TweetRecord) -> Result<(), SinkError> {
-        let payload = envelope::encode(record);
-        let headers = OwnedHeaders::new_with_capacity(2)
-            .insert(Header { key: envelope::HEADER_CONTENT_TYPE, value: Some(envelope::CONTENT_TYPE) })
-            .insert(Header { key: envelope::HEADER_TWEET_ID, value: Some(record.id.as_str()) });
         // Keyed by country: one country's tweets stay in order on one partition.
         let key = record.tweet.as_ref().map_or("", |tweet| tweet.country.as_str());
-        let message = FutureRecord::to(&self.broker.topic).key(key).payload(&payload).headers(headers);
-        self.producer
+        let topic = &self.broker.topic;
+        let span = tracing::info_span!(
+            "messaging.publish",
+            otel.name = %format_args!("publish {topic}"),
+            otel.kind = "producer",
+            otel.status_code = Empty,
+            messaging.system = "kafka",
+            messaging.destination.name = %topic,
+            messaging.operation.type = "publish",
+            messaging.operation.name = "publish",
+            messaging.message.id = %record.id,
+            messaging.kafka.message.key = %key,
+            messaging.destination.partition.id = Empty,
+            messaging.kafka.offset = Empty,
+        );
+        let payload = envelope::encode(record);
+        let headers = OwnedHeaders::new_with_capacity(5)
+            .insert(Header { key: envelope::HEADER_CONTENT_TYPE, value: Some(envelope::CONTENT_TYPE) })
+            .insert(Header { key: envelope::HEADER_TWEET_ID, value: Some(record.id.as_str()) });
+        // The consumer's process span becomes a child of this publish span.
+        let mut headers = trace_headers::Inject(headers);
+        clima_telemetry::propagation::inject(&span, &mut headers);
+        let message = FutureRecord::to(topic).key(key).payload(&payload).headers(headers.0);
+        let delivered = self
+            .producer
             .send(message, Timeout::After(self.config.delivery_timeout))
-            .await
-            .map(|_delivery| ())
-            .map_err(|(source, _message)| SinkError::KafkaDelivery { id: record.id.clone(), source })
+            .instrument(span.clone())
+            .await;
+        match delivered {
+            Ok(delivery) => {
+                span.record("messaging.destination.partition.id", delivery.partition);
+                span.record("messaging.kafka.offset", delivery.offset);
+                Ok(())
+            }
+            Err((source, _message)) => {
+                span.record("otel.status_code", "ERROR");
+                Err(SinkError::KafkaDelivery { id: record.id.clone(), source })
+            }
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-use clima_broker::rabbitmq::{ROUTING_KEY, RabbitMqArgs};
+use clima_broker::rabbitmq::{ROUTING_KEY, RabbitMqArgs, trace_headers};
 use clima_proto::v1::TweetRecord;
 use clima_tweet::envelope;
 use lapin::{
@@ -7,6 +7,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use tokio::sync::Mutex;
+use tracing::{Instrument, field::Empty};
 
 use super::RabbitMqSinkConfig;
 use crate::{Sink, SinkError};
@@ -54,9 +55,24 @@ impl RabbitMqSink {
         let mandatory = BasicPublishOptions { mandatory: true, ..Default::default() };
         let mut confirms = Vec::with_capacity(records.len());
         // Publish everything first, then await the confirms: one round trip per request, not per tweet.
+        let exchange = &self.broker.exchange;
         for record in records {
+            let span = tracing::info_span!(
+                "messaging.publish",
+                otel.name = %format_args!("publish {exchange}"),
+                otel.kind = "producer",
+                otel.status_code = Empty,
+                messaging.system = "rabbitmq",
+                messaging.destination.name = %exchange,
+                messaging.operation.type = "publish",
+                messaging.operation.name = "publish",
+                messaging.message.id = %record.id,
+                messaging.rabbitmq.destination.routing_key = ROUTING_KEY,
+            );
             let mut headers = FieldTable::default();
             headers.insert(envelope::HEADER_TWEET_ID.into(), AMQPValue::LongString(record.id.as_str().into()));
+            // The consumer's process span becomes a child of this publish span.
+            clima_telemetry::propagation::inject(&span, &mut trace_headers::Inject(&mut headers));
             let properties = BasicProperties::default()
                 .with_delivery_mode(PERSISTENT)
                 .with_content_type(envelope::CONTENT_TYPE.into())
@@ -64,24 +80,34 @@ impl RabbitMqSink {
                 .with_headers(headers);
             let payload = envelope::encode(record);
             let confirm = channel
-                .basic_publish(self.broker.exchange.as_str().into(), ROUTING_KEY.into(), mandatory, &payload, properties)
+                .basic_publish(exchange.as_str().into(), ROUTING_KEY.into(), mandatory, &payload, properties)
+                .instrument(span.clone())
                 .await?;
-            confirms.push((record, confirm));
+            confirms.push((record, confirm, span));
         }
-        for (record, confirm) in confirms {
-            let confirmation = confirm.await?;
-            if !confirmation.is_ack() {
-                return Err(SinkError::RabbitMqNack { id: record.id.clone() });
+        for (record, confirm, span) in confirms {
+            let confirmed = confirm_of(record, confirm.instrument(span.clone()).await?);
+            if confirmed.is_err() {
+                span.record("otel.status_code", "ERROR");
             }
-            // An ack that carries the message back means no queue took it.
-            if let Some(returned) = confirmation.take_message() {
-                return Err(SinkError::RabbitMqUnroutable {
-                    id: record.id.clone(),
-                    reply: format!("{} {}", returned.reply_code, returned.reply_text),
-                });
-            }
+            confirmed?;
         }
         Ok(())
+    }
+}
+
+/// A publish is confirmed when RabbitMQ acked it without returning it: a
+/// returned message means no queue took it.
+fn confirm_of(record: &TweetRecord, confirmation: lapin::Confirmation) -> Result<(), SinkError> {
+    if !confirmation.is_ack() {
+        return Err(SinkError::RabbitMqNack { id: record.id.clone() });
+    }
+    match confirmation.take_message() {
+        Some(returned) => Err(SinkError::RabbitMqUnroutable {
+            id: record.id.clone(),
+            reply: format!("{} {}", returned.reply_code, returned.reply_text),
+        }),
+        None => Ok(()),
     }
 }
 

@@ -1,0 +1,48 @@
+//! Per-request span and metrics for the HTTP API.
+
+use std::time::Instant;
+
+use axum::{
+    extract::{MatchedPath, Request},
+    middleware::Next,
+    response::Response,
+};
+use clima_telemetry::propagation::{self, HeaderExtractor};
+use tracing::{Instrument, field::Empty};
+
+/// Wraps every request: a server span that joins the caller's trace
+/// (`traceparent` honoured), and `http_server_*` metrics by route and status.
+pub(crate) async fn observe(route: Option<MatchedPath>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    // Bounded label: the route template, never the raw path.
+    let route = route.map_or_else(|| "unmatched".to_owned(), |route| route.as_str().to_owned());
+    // Probes would flood the trace store; they still get metrics.
+    let span = if matches!(route.as_str(), "/healthz" | "/readyz") {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+            "http.server",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            http.request.method = %method,
+            http.route = %route,
+            url.path = %request.uri().path(),
+            http.response.status_code = Empty,
+            clima.tweets = Empty,
+        )
+    };
+    propagation::set_parent(&span, &HeaderExtractor(request.headers()));
+
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    let labels = [("method", method.to_string()), ("route", route), ("status", status.as_u16().to_string())];
+    metrics::counter!("http_server_requests_total", &labels).increment(1);
+    metrics::histogram!("http_server_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    response
+}

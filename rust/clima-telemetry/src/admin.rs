@@ -1,0 +1,34 @@
+use std::{future::Future, time::Duration};
+
+use axum::{Router, routing::get};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+/// Serves `GET /metrics` (Prometheus text format) and `GET /healthz` on
+/// `listener` until `shutdown` resolves. Kept off the service's own port so
+/// that an ingress exposing the API never exposes its metrics.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Histograms are folded into their buckets on upkeep; without it they would
+    // grow between scrapes.
+    let upkeep = tokio::spawn({
+        let metrics = metrics.clone();
+        async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                interval.tick().await;
+                metrics.run_upkeep();
+            }
+        }
+    });
+    let app = Router::new()
+        .route("/metrics", get(move || std::future::ready(metrics.render())))
+        .route("/healthz", get(|| async { "ok" }));
+    tracing::info!(address = ?listener.local_addr().ok(), "admin server listening (/metrics, /healthz)");
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    upkeep.abort();
+    result
+}

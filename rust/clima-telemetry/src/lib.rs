@@ -1,0 +1,14 @@
+//! Observability plumbing shared by every clima service.
+//!
+//! - [`propagation`]: W3C trace context (`traceparent`, `tracestate`,
+//!   `baggage`) in and out of HTTP headers and gRPC metadata; the Kafka and
+//!   AMQP carriers live beside their brokers in `clima-broker`.
+//! - [`admin`]: the admin HTTP server every service runs: Prometheus
+//!   `/metrics` and `/healthz`.
+//!
+//! Installing the tracer provider and the metrics recorder is the binary's job
+//! (`rust/clima/src/telemetry.rs`); libraries only emit `tracing` spans and
+//! `metrics` samples.
+
+pub mod admin;
+pub mod propagation;

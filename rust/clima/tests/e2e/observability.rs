@@ -1,0 +1,155 @@
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::{
+    common::v1::any_value::Value,
+    trace::v1::{Span, span::SpanKind},
+};
+
+use crate::{
+    helpers::post_json,
+    processes::{ProcessStack, metric},
+};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
+
+fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
+    span.attributes.iter().find(|kv| kv.key == key)?.value.as_ref()?.value.as_ref()
+}
+
+fn string_attribute(span: &Span, key: &str) -> Option<String> {
+    match attribute(span, key)? {
+        Value::StringValue(value) => Some(value.clone()),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[tokio::test]
+async fn one_trace_follows_a_tweet_from_the_http_request_into_redis_and_valkey() {
+    let stack = ProcessStack::spawn().await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/input", stack.api))
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN_ID}-01"))
+        .body(r#"{"description":"Está lloviendo","country":"GT","weather":"Lluvioso"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    stack.wait_counted(1).await;
+
+    let trace_id: Vec<u8> = (0..TRACE_ID.len()).step_by(2).map(|i| u8::from_str_radix(&TRACE_ID[i..i + 2], 16).unwrap()).collect();
+    let is_store_write = |span: &Span, system: &str| string_attribute(span, "db.system").as_deref() == Some(system);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let spans = loop {
+        let spans = stack.collector.spans_of_trace(&trace_id);
+        let complete = ["redis", "valkey"].iter().all(|system| spans.iter().any(|(_, span)| is_store_write(span, system)));
+        if complete {
+            break spans;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "trace incomplete after 30 s: {:#?}", names(&spans));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // Finds the one span of `service` with that kind and name.
+    let find = |service: &str, kind: SpanKind, name: &str| -> &Span {
+        let found: Vec<&Span> = spans
+            .iter()
+            .filter(|(from, span)| from == service && span.kind == kind as i32 && span.name == name)
+            .map(|(_, span)| span)
+            .collect();
+        assert_eq!(found.len(), 1, "{service} {kind:?} {name:?} in {:#?}", names(&spans));
+        found[0]
+    };
+    let assert_child = |child: &Span, parent: &Span| {
+        assert_eq!(hex(&child.parent_span_id), hex(&parent.span_id), "{} must be a child of {}", child.name, parent.name);
+    };
+
+    let http = find("clima-api", SpanKind::Server, "POST /input");
+    assert_eq!(hex(&http.parent_span_id), CALLER_SPAN_ID, "the API joins the caller's trace");
+    let mut clients: Vec<&Span> = spans
+        .iter()
+        .filter(|(from, span)| from == "clima-api" && span.kind == SpanKind::Client as i32)
+        .map(|(_, span)| span)
+        .collect();
+    assert_eq!(clients.len(), 2, "one gRPC client span per writer");
+    for client in &clients {
+        assert_eq!(client.name, "clima.v1.WriterService/Publish");
+        assert_child(client, http);
+    }
+
+    for (broker, destination_system, store) in [("kafka", "kafka", "redis"), ("rabbitmq", "rabbitmq", "valkey")] {
+        let server = find(&format!("clima-writer-{broker}"), SpanKind::Server, "clima.v1.WriterService/Publish");
+        let client_index = clients.iter().position(|client| client.span_id == server.parent_span_id);
+        let client = clients.remove(client_index.unwrap_or_else(|| panic!("{broker} writer span has no client parent")));
+        assert_child(server, client);
+        assert_eq!(string_attribute(server, "rpc.system").as_deref(), Some("grpc"));
+
+        let publish = spans
+            .iter()
+            .find(|(from, span)| from == &format!("clima-writer-{broker}") && span.kind == SpanKind::Producer as i32)
+            .map(|(_, span)| span)
+            .unwrap_or_else(|| panic!("no {broker} publish span"));
+        assert!(publish.name.starts_with("publish "), "{}", publish.name);
+        assert_eq!(string_attribute(publish, "messaging.system").as_deref(), Some(destination_system));
+        assert_eq!(string_attribute(publish, "messaging.operation.type").as_deref(), Some("publish"));
+        assert_child(publish, server);
+
+        let process = spans
+            .iter()
+            .find(|(from, span)| from == &format!("clima-consumer-{broker}") && span.kind == SpanKind::Consumer as i32)
+            .map(|(_, span)| span)
+            .unwrap_or_else(|| panic!("no {broker} process span"));
+        assert_eq!(string_attribute(process, "messaging.operation.type").as_deref(), Some("process"));
+        assert_child(process, publish);
+
+        let write = spans.iter().find(|(_, span)| is_store_write(span, store)).map(|(_, span)| span).unwrap();
+        assert_eq!(write.kind, SpanKind::Client as i32);
+        assert_child(write, process);
+    }
+}
+
+fn names(spans: &[(String, Span)]) -> Vec<String> {
+    spans.iter().map(|(service, span)| format!("{service}: {} ({})", span.name, span.kind)).collect()
+}
+
+#[tokio::test]
+async fn every_service_exposes_metrics_that_move_by_the_amount_sent() {
+    let stack = ProcessStack::spawn().await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/input", stack.api);
+    let tweet = r#"{"description":"Sol","country":"MX","weather":"Soleado"}"#;
+    for _ in 0..3 {
+        assert_eq!(post_json(&client, &url, tweet).await.0, 202);
+    }
+    let array = format!("[{}]", vec![tweet; 7].join(","));
+    assert_eq!(post_json(&client, &url, &array).await.0, 202);
+    assert_eq!(post_json(&client, &url, r#"{"description":"x","country":"ZZ","weather":"Soleado"}"#).await.0, 422);
+    stack.wait_counted(10).await;
+
+    let api = stack.metrics("clima-api").await;
+    assert_eq!(metric(&api, "clima_tweets_accepted_total", &[]), 10.0, "{api}");
+    assert_eq!(metric(&api, "clima_input_errors_total", &[("error", "invalid_tweet")]), 1.0);
+    assert_eq!(metric(&api, "http_server_requests_total", &[("route", "/input"), ("status", "202")]), 4.0);
+    assert_eq!(metric(&api, "http_server_request_duration_seconds_count", &[("route", "/input")]), 5.0);
+    assert_eq!(metric(&api, "grpc_client_requests_total", &[("code", "Ok")]), 8.0, "4 requests × 2 writers");
+
+    for broker in ["kafka", "rabbitmq"] {
+        let writer = stack.metrics(&format!("clima-writer-{broker}")).await;
+        assert_eq!(metric(&writer, "clima_published_tweets_total", &[("broker", broker)]), 10.0, "{writer}");
+        assert_eq!(metric(&writer, "grpc_server_requests_total", &[("code", "Ok")]), 4.0);
+        assert_eq!(metric(&writer, "clima_publish_duration_seconds_count", &[("broker", broker)]), 4.0);
+    }
+    // Consumers count asynchronously of the stores' reads: give the last batch's metrics a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (source, store) in [("kafka", "redis"), ("rabbitmq", "valkey")] {
+        let consumer = stack.metrics(&format!("clima-consumer-{source}")).await;
+        assert_eq!(metric(&consumer, "clima_consumed_messages_total", &[("source", source)]), 10.0, "{consumer}");
+        assert_eq!(metric(&consumer, "clima_counted_tweets_total", &[("source", source), ("store", store)]), 10.0);
+        assert!(metric(&consumer, "clima_store_write_duration_seconds_count", &[("store", store)]) >= 1.0);
+    }
+}
