@@ -20,6 +20,10 @@ KAFKA_PORT=${KAFKA_PORT:-9092}
 API_PORT=${API_PORT:-8080}
 KAFKA_WRITER_PORT=${KAFKA_WRITER_PORT:-50051}
 RABBITMQ_WRITER_PORT=${RABBITMQ_WRITER_PORT:-50052}
+DASHBOARD_PORT=${DASHBOARD_PORT:-8090}
+# Admin servers (/metrics, /healthz): api, kafka writer, rabbitmq writer, kafka
+# consumer, rabbitmq consumer, dashboard: ADMIN_PORT_BASE + 0 … 5.
+ADMIN_PORT_BASE=${ADMIN_PORT_BASE:-9100}
 
 TANSU_VERSION=0.6.0
 
@@ -87,7 +91,7 @@ stop_daemon() {
   rm -f "$pidfile"
 }
 
-CLIMA_SERVICES=(writer-kafka writer-rabbitmq consumer-kafka consumer-rabbitmq api)
+CLIMA_SERVICES=(writer-kafka writer-rabbitmq consumer-kafka consumer-rabbitmq api dashboard)
 
 # ensure_port_free PORT NAME: fails if something other than NAME holds PORT.
 ensure_port_free() {
@@ -107,4 +111,14 @@ wait_http() {
     fi
     sleep 0.3
   done
+}
+
+# ensure_browser_tools: Debian's Chromium and ci/browser's npm packages
+# (playwright-core drives that Chromium; it downloads no browser).
+ensure_browser_tools() {
+  apt_install chromium fonts-dejavu-core
+  if [[ ! -d $CLIMA_ROOT/ci/browser/node_modules/playwright-core ]]; then
+    log "installing ci/browser's npm packages"
+    npm ci --prefix "$CLIMA_ROOT/ci/browser" --silent --no-audit --no-fund
+  fi
 }

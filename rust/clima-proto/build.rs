@@ -6,7 +6,7 @@ use std::{env, fs, path::PathBuf};
 use prost::Message;
 
 /// Every proto file of the clima API, relative to `proto/`.
-const PROTOS: &[&str] = &["clima/v1/tweet.proto", "clima/v1/writer.proto"];
+const PROTOS: &[&str] = &["clima/v1/stats.proto", "clima/v1/tweet.proto", "clima/v1/writer.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

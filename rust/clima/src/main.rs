@@ -28,6 +28,8 @@ enum Command {
     Writer(commands::writer::WriterArgs),
     /// Consumer: counts tweets from Kafka into Redis, or from RabbitMQ into Valkey.
     Consumer(commands::consumer::ConsumerArgs),
+    /// Live dashboard: a web page, its JSON/SSE feed and the gRPC StatsService.
+    Dashboard(commands::dashboard::DashboardArgs),
     /// Load generator: sends tweets to POST /input and can verify they were counted.
     Load(commands::load::LoadArgs),
     /// Prints the counts in Redis and Valkey side by side.
@@ -41,6 +43,7 @@ impl Command {
             Self::Api(_) => Some("clima-api"),
             Self::Writer(args) => Some(args.service_name()),
             Self::Consumer(args) => Some(args.service_name()),
+            Self::Dashboard(_) => Some("clima-dashboard"),
             Self::Load(_) | Self::Stats(_) => None,
         }
     }
@@ -54,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Api(args) => commands::api::run(args).await,
         Command::Writer(args) => commands::writer::run(args).await,
         Command::Consumer(args) => commands::consumer::run(args).await,
+        Command::Dashboard(args) => commands::dashboard::run(args).await,
         Command::Load(args) => commands::load::run(args).await,
         Command::Stats(args) => commands::stats::run(args).await,
     };

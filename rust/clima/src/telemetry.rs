@@ -41,7 +41,7 @@ pub struct TelemetryArgs {
 #[derive(Debug, clap::Args)]
 pub struct AdminArgs {
     /// Address of the admin HTTP server: Prometheus /metrics and /healthz
-    /// [default: 127.0.0.1:9100 api, :9101 kafka writer, :9102 rabbitmq writer,
+    /// [default: 127.0.0.1:9100 api, :9101 kafka writer, :9102 rabbitmq writer, :9105 dashboard,
     /// :9103 kafka consumer, :9104 rabbitmq consumer].
     #[arg(id = "admin_listen", long = "admin-listen", value_name = "ADDRESS", env = "CLIMA_ADMIN_LISTEN")]
     pub listen: Option<SocketAddr>,

@@ -1,5 +1,6 @@
 pub mod api;
 pub mod consumer;
+pub mod dashboard;
 pub mod load;
 pub mod stats;
 pub mod writer;

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 /// The whole pipeline with names (topic, queue, key prefix) of its own.
 pub struct TestStack {
     pub api: String,
+    /// Key prefix (and topic, queue, group name) of this stack.
+    pub name: String,
     pub kafka_writer: SocketAddr,
     pub rabbitmq_writer: SocketAddr,
     pub redis: CounterStore,
@@ -55,7 +57,7 @@ impl TestStack {
         };
         let rabbitmq =
             RabbitMqArgs { url: amqp_url(), exchange: name.clone(), queue: name.clone(), queue_type: QueueType::Quorum };
-        let keys = KeySchema::new(&name);
+        let keys = KeySchema::new(name.clone());
         let redis = CounterStore::connect(&redis_url(), keys.clone(), Retention::default()).await.unwrap();
         let valkey = CounterStore::connect(&valkey_url(), keys, Retention::default()).await.unwrap();
         let shutdown = CancellationToken::new();
@@ -90,6 +92,7 @@ impl TestStack {
 
         let stack = Self {
             api: format!("http://{api}"),
+            name,
             kafka_writer,
             rabbitmq_writer,
             redis,

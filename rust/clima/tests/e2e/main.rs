@@ -4,6 +4,7 @@
 //! `clima` binary, one process per service, as a user would.
 
 mod api_errors;
+mod dashboard;
 mod helpers;
 mod observability;
 mod pipeline;
