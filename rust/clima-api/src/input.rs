@@ -36,6 +36,7 @@ async fn accept_input(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Vec<TweetRecord>, ApiError> {
     require_json(headers)?;
+    let idempotency_key = idempotency_key(headers)?;
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
             "request body is larger than {} bytes; send fewer tweets per request",
@@ -51,7 +52,7 @@ async fn accept_input(
             state.config.max_tweets
         )));
     }
-    let records = accept(inputs, array)?;
+    let records = accept(inputs, array, idempotency_key.as_deref())?;
     tracing::Span::current().record("clima.tweets", records.len());
     state.writers.publish(&records).await?;
     Ok(records)
@@ -116,9 +117,33 @@ fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// Header that makes a request safe to retry.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Namespace of the UUIDv5 tweet ids derived from an idempotency key.
+const IDEMPOTENT_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c1b_2f9e_4d0a_4c57_9e3b_8a51_c0de_c11a);
+
+/// The request's `Idempotency-Key`, if any: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    match value.to_str() {
+        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into())),
+    }
+}
+
 /// Validates every input (one bad element rejects the request) and gives each
 /// tweet its id and received time.
-pub(crate) fn accept(inputs: Vec<TweetInput>, array: bool) -> Result<Vec<TweetRecord>, ApiError> {
+///
+/// Ids are UUIDv7, or, with an idempotency key, UUIDv5 of (key, position,
+/// tweet): a retry of the same request carries the same ids, whichever API
+/// replica takes it, and the stores count each id once. The same key with
+/// different tweets gives different ids, so reusing a key never drops tweets.
+pub(crate) fn accept(
+    inputs: Vec<TweetInput>,
+    array: bool,
+    idempotency_key: Option<&str>,
+) -> Result<Vec<TweetRecord>, ApiError> {
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let received_at = Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() as i32 };
     inputs
@@ -129,7 +154,14 @@ pub(crate) fn accept(inputs: Vec<TweetInput>, array: bool) -> Result<Vec<TweetRe
                 field: if array { format!("[{index}].{}", error.field()) } else { error.field().to_owned() },
                 message: error.to_string(),
             })?;
-            Ok(TweetRecord { id: uuid::Uuid::now_v7().to_string(), received_at: Some(received_at), tweet: Some(tweet) })
+            let id = match idempotency_key {
+                Some(key) => {
+                    let name = format!("{key}\n{index}\n{}\n{}\n{}", tweet.country, tweet.weather, tweet.description);
+                    uuid::Uuid::new_v5(&IDEMPOTENT_ID_NAMESPACE, name.as_bytes())
+                }
+                None => uuid::Uuid::now_v7(),
+            };
+            Ok(TweetRecord { id: id.to_string(), received_at: Some(received_at), tweet: Some(tweet) })
         })
         .collect()
 }

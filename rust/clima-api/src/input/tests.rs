@@ -22,7 +22,7 @@ fn one_object_or_an_array() {
     .unwrap();
     assert!(many.array);
     assert_eq!(many.inputs.len(), 2);
-    let records = accept(many.inputs, true).unwrap();
+    let records = accept(many.inputs, true, None).unwrap();
     assert_eq!(records[1].tweet.as_ref().unwrap().country, "MX");
     assert_eq!(records[1].tweet.as_ref().unwrap().weather(), clima_proto::v1::Weather::Nublado);
     assert_ne!(records[0].id, records[1].id);
@@ -55,12 +55,12 @@ fn empty_bodies_and_arrays_are_bad_requests() {
 #[test]
 fn invalid_tweets_name_the_field_and_its_index() {
     let single = decode_str(r#"{"description":"a","country":"XX","weather":"Soleado"}"#).unwrap();
-    match accept(single.inputs, single.array) {
+    match accept(single.inputs, single.array, None) {
         Err(ApiError::InvalidTweet { field, .. }) => assert_eq!(field, "country"),
         other => panic!("{other:?}"),
     }
     let array = decode_str(r#"[{"description":"a","country":"GT","weather":"Soleado"},{"description":"b","country":"GT","weather":"Nevado"}]"#).unwrap();
-    match accept(array.inputs, array.array) {
+    match accept(array.inputs, array.array, None) {
         Err(ApiError::InvalidTweet { field, message }) => {
             assert_eq!(field, "[1].weather");
             assert!(message.contains("Nevado"));
@@ -77,4 +77,31 @@ fn content_type_must_be_json() {
     assert!(require_json(&headers).is_err());
     headers.insert(CONTENT_TYPE, "Application/JSON; charset=utf-8".parse().unwrap());
     assert!(require_json(&headers).is_ok());
+}
+
+#[test]
+fn an_idempotency_key_gives_the_same_ids_to_the_same_tweets() {
+    let body = r#"[{"description":"a","country":"GT","weather":"Soleado"},{"description":"a","country":"GT","weather":"Soleado"}]"#;
+    let ids = |key: Option<&str>, body: &str| -> Vec<String> {
+        let decoded = decode_str(body).unwrap();
+        accept(decoded.inputs, decoded.array, key).unwrap().into_iter().map(|record| record.id).collect()
+    };
+    let first = ids(Some("order-1"), body);
+    assert_eq!(first, ids(Some("order-1"), body), "a retry carries the same ids");
+    assert_ne!(first[0], first[1], "identical tweets at different positions are different tweets");
+    assert_ne!(first, ids(Some("order-2"), body));
+    assert_ne!(first[0], ids(Some("order-1"), r#"{"description":"b","country":"GT","weather":"Soleado"}"#)[0]);
+    assert_ne!(ids(None, body), ids(None, body), "without a key every request is new");
+}
+
+#[test]
+fn idempotency_keys_are_bounded_visible_ascii() {
+    let mut headers = HeaderMap::new();
+    assert_eq!(idempotency_key(&headers).unwrap(), None);
+    headers.insert(IDEMPOTENCY_KEY, "0192e4a0-7c1e".parse().unwrap());
+    assert_eq!(idempotency_key(&headers).unwrap().as_deref(), Some("0192e4a0-7c1e"));
+    for bad in ["", "has space", &"k".repeat(256)] {
+        headers.insert(IDEMPOTENCY_KEY, bad.parse().unwrap());
+        assert!(idempotency_key(&headers).is_err(), "{bad:?}");
+    }
 }

@@ -40,6 +40,11 @@ pub struct LoadArgs {
     #[arg(long, env = "CLIMA_LOAD_BATCH", default_value_t = 1)]
     batch: u64,
 
+    /// Attempts per request: a 5xx answer or a network error is retried with the
+    /// same Idempotency-Key, so a retry never counts a tweet twice.
+    #[arg(long, env = "CLIMA_LOAD_ATTEMPTS", default_value_t = 5)]
+    attempts: usize,
+
     /// Seed of the country/weather mix, for a reproducible run.
     #[arg(long, env = "CLIMA_LOAD_SEED")]
     seed: Option<u64>,
@@ -63,6 +68,7 @@ struct Tally {
     accepted: Counts,
     rejected: u64,
     failed: u64,
+    retries: u64,
     latencies: Vec<Duration>,
     first_error: Option<String>,
 }
@@ -92,11 +98,11 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             let (client, url, remaining, progress) =
                 (client.clone(), args.url.clone(), Arc::clone(&remaining), progress.clone());
             let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(task));
-            let batch = args.batch;
+            let (batch, attempts) = (args.batch, args.attempts.max(1));
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 while let Some(size) = claim(&remaining, batch) {
-                    send(&client, &url, size, batch > 1, &mut rng, &mut tally).await;
+                    send(&client, &url, size, batch > 1, attempts, &mut rng, &mut tally).await;
                     progress.inc(size);
                 }
                 tally
@@ -109,6 +115,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         total.accepted.merge(&tally.accepted);
         total.rejected += tally.rejected;
         total.failed += tally.failed;
+        total.retries += tally.retries;
         total.latencies.extend(tally.latencies);
         total.first_error = total.first_error.or(tally.first_error);
     }
@@ -150,7 +157,22 @@ fn claim(remaining: &AtomicU64, batch: u64) -> Option<u64> {
         .map(|left| left.min(batch))
 }
 
-async fn send(client: &reqwest::Client, url: &str, size: u64, array: bool, rng: &mut fastrand::Rng, tally: &mut Tally) {
+/// What one request attempt came to.
+enum Outcome {
+    Accepted(u64),
+    Rejected(String),
+    Failed(String),
+}
+
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    size: u64,
+    array: bool,
+    attempts: usize,
+    rng: &mut fastrand::Rng,
+    tally: &mut Tally,
+) {
     let tweets: Vec<(&str, &str, &str)> = (0..size)
         .map(|_| {
             let country = COUNTRIES[rng.usize(..COUNTRIES.len())];
@@ -158,43 +180,72 @@ async fn send(client: &reqwest::Client, url: &str, size: u64, array: bool, rng: 
             (country, weather, descriptions[rng.usize(..descriptions.len())])
         })
         .collect();
-    let objects: Vec<_> =
-        tweets.iter().map(|(country, weather, description)| json!({"description": description, "country": country, "weather": weather})).collect();
-    let body = if array { json!(objects) } else { objects[0].clone() };
+    let objects: Vec<_> = tweets
+        .iter()
+        .map(|(country, weather, description)| json!({"description": description, "country": country, "weather": weather}))
+        .collect();
+    let body = if array { json!(objects) } else { objects[0].clone() }.to_string();
+    let idempotency_key = uuid::Uuid::new_v4().to_string();
 
-    let started = Instant::now();
-    let response = client.post(url).json(&body).send().await;
-    let outcome = match response {
+    let mut outcome = Outcome::Failed("no attempt".into());
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            tally.retries += 1;
+            tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
+        }
+        let started = Instant::now();
+        outcome = attempt_once(client, url, &body, &idempotency_key).await;
+        tally.latencies.push(started.elapsed());
+        if !matches!(outcome, Outcome::Failed(_)) {
+            break;
+        }
+    }
+    match outcome {
+        Outcome::Accepted(accepted) if accepted == size => {
+            for (country, weather, _) in tweets {
+                tally.accepted.add(country, weather);
+            }
+        }
+        Outcome::Accepted(accepted) => {
+            tally.failed += size;
+            tally.first_error.get_or_insert_with(|| format!("202 with {accepted} of {size} tweets"));
+        }
+        Outcome::Rejected(error) => {
+            tally.rejected += size;
+            tally.first_error.get_or_insert(error);
+        }
+        Outcome::Failed(error) => {
+            tally.failed += size;
+            tally.first_error.get_or_insert(error);
+        }
+    }
+}
+
+async fn attempt_once(client: &reqwest::Client, url: &str, body: &str, idempotency_key: &str) -> Outcome {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("idempotency-key", idempotency_key)
+        .body(body.to_owned())
+        .send()
+        .await;
+    match response {
         Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
-            response.json::<Accepted>().await.context("reading the 202 body").map(|a| a.accepted)
+            match response.json::<Accepted>().await.context("reading the 202 body") {
+                Ok(accepted) => Outcome::Accepted(accepted.accepted),
+                Err(error) => Outcome::Failed(format!("{error:#}")),
+            }
         }
         Ok(response) => {
             let status = response.status();
             let text = response.text().await.unwrap_or_default();
             if status.is_client_error() {
-                tally.rejected += size;
-                tally.first_error.get_or_insert_with(|| format!("{status}: {text}"));
-                return;
-            }
-            Err(anyhow::anyhow!("{status}: {text}"))
-        }
-        Err(error) => Err(error.into()),
-    };
-    tally.latencies.push(started.elapsed());
-    match outcome {
-        Ok(accepted) if accepted == size => {
-            for (country, weather, _) in tweets {
-                tally.accepted.add(country, weather);
+                Outcome::Rejected(format!("{status}: {text}"))
+            } else {
+                Outcome::Failed(format!("{status}: {text}"))
             }
         }
-        Ok(accepted) => {
-            tally.failed += size;
-            tally.first_error.get_or_insert_with(|| format!("202 with {accepted} of {size} tweets"));
-        }
-        Err(error) => {
-            tally.failed += size;
-            tally.first_error.get_or_insert_with(|| format!("{error:#}"));
-        }
+        Err(error) => Outcome::Failed(format!("{error:#}")),
     }
 }
 
@@ -206,7 +257,7 @@ fn report(args: &LoadArgs, tally: &Tally, elapsed: Duration) {
     };
     let sent = tally.accepted.total + tally.rejected + tally.failed;
     println!(
-        "sent {sent} tweets in {} requests of {} to {} in {:.2} s ({:.0} tweets/s)",
+        "sent {sent} tweets in {} attempts of {} tweets to {} in {:.2} s ({:.0} tweets/s)",
         latencies.len(),
         args.batch,
         args.url,
@@ -214,10 +265,12 @@ fn report(args: &LoadArgs, tally: &Tally, elapsed: Duration) {
         sent as f64 / elapsed.as_secs_f64().max(f64::EPSILON)
     );
     println!(
-        "accepted {}, rejected (4xx) {}, failed (5xx or network) {}; latency p50 {:?}, p99 {:?}, max {:?}",
+        "accepted {}, rejected (4xx) {}, failed after retries (5xx or network) {}, retried requests {}; \
+         latency of attempts p50 {:?}, p99 {:?}, max {:?}",
         tally.accepted.total,
         tally.rejected,
         tally.failed,
+        tally.retries,
         percentile(0.50),
         percentile(0.99),
         latencies.last().copied().unwrap_or_default()

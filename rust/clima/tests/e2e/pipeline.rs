@@ -57,3 +57,33 @@ async fn a_known_mix_is_counted_exactly_in_redis_and_in_valkey() {
     assert_eq!(redis.per_minute.iter().map(|(_, n)| n).sum::<u64>(), expected.total);
     assert_eq!(redis.per_minute, valkey.per_minute, "both stores bucket by the API's received time");
 }
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_is_counted_once() {
+    let stack = TestStack::spawn().await;
+    let client = reqwest::Client::new();
+    let body = json!([
+        {"description": "a", "country": "CO", "weather": "Soleado"},
+        {"description": "b", "country": "PE", "weather": "Nublado"},
+    ])
+    .to_string();
+    let post = |key: &'static str| {
+        client
+            .post(format!("{}/input", stack.api))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body.clone())
+            .send()
+    };
+    let first: serde_json::Value = post("retry-me").await.unwrap().json().await.unwrap();
+    let again: serde_json::Value = post("retry-me").await.unwrap().json().await.unwrap();
+    assert_eq!(first["ids"], again["ids"], "the retry carries the same ids");
+    let other: serde_json::Value = post("another-request").await.unwrap().json().await.unwrap();
+    assert_ne!(first["ids"], other["ids"]);
+
+    let (redis, valkey) = stack.counted(4).await;
+    for counts in [&redis, &valkey] {
+        assert_eq!(counts.total, 4, "two requests of two tweets; the retry counted nowhere");
+        assert_eq!(counts.by_country["CO"], 2);
+    }
+}
