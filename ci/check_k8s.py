@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Checks k8s/: every overlay renders, built-in kinds pass kubernetes-validate
+--strict, Grafana dashboards are valid JSON naming only provisioned datasources,
+and every flag, env var and port the manifests give a clima container is one the
+clima binary accepts.
+
+    ci/check_k8s.py CLIMA_BINARY
+"""
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+OVERLAYS = ["dev", "prod"]
+KUBERNETES_VERSION = "1.32.0"
+# Kinds of operators' CRDs (Strimzi); kubernetes-validate knows only built-in kinds.
+CUSTOM_GROUPS = ("kafka.strimzi.io/",)
+# Env vars the manifests set that are not clima flags: standard OpenTelemetry
+# settings, and secrets interpolated into other values with $(NAME).
+OTEL_ENV = re.compile(r"^OTEL_[A-Z_]+$")
+
+failures = []
+
+
+def fail(message):
+    failures.append(message)
+    print(f"FAIL {message}")
+
+
+def render(overlay):
+    out = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True)
+    if out.returncode != 0:
+        fail(f"{overlay}: kubectl kustomize: {out.stderr.strip()}")
+        return []
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def validate_builtin(overlay, docs):
+    builtin = [doc for doc in docs if not doc["apiVersion"].startswith(CUSTOM_GROUPS)]
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
+        yaml.safe_dump_all(builtin, file)
+        file.flush()
+        out = subprocess.run(
+            ["kubernetes-validate", "--strict", "--quiet", "-k", KUBERNETES_VERSION, file.name],
+            capture_output=True, text=True)
+    if out.returncode != 0:
+        fail(f"{overlay}: kubernetes-validate --strict:\n{out.stdout}{out.stderr}")
+    else:
+        print(f"ok   {overlay}: {len(builtin)} built-in objects valid for Kubernetes {KUBERNETES_VERSION} (strict)")
+
+
+def check_dashboards():
+    datasources = yaml.safe_load((K8S / "base/grafana/datasources.yaml").read_text())["datasources"]
+    provisioned = {(ds["uid"], ds["type"]) for ds in datasources}
+    for path in sorted((K8S / "base/grafana").glob("*.json")):
+        try:
+            dashboard = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            fail(f"{path.name}: not JSON: {error}")
+            continue
+        used = set()
+        for panel in dashboard.get("panels", []):
+            for holder in [panel, *panel.get("targets", [])]:
+                ds = holder.get("datasource")
+                if ds:
+                    used.add((ds.get("uid"), ds.get("type")))
+        unknown = used - provisioned
+        if unknown or not used:
+            fail(f"{path.name}: datasources {sorted(unknown)} are not provisioned {sorted(provisioned)}")
+        else:
+            print(f"ok   {path.name}: {len(dashboard['panels'])} panels, datasources {sorted(u for u, _ in used)}")
+
+
+_help_cache = {}
+
+
+def accepted(binary, subcommand):
+    """The long flags and env vars `clima SUBCOMMAND --help` documents."""
+    if subcommand not in _help_cache:
+        text = subprocess.run([binary, subcommand, "--help"], capture_output=True, text=True, check=True).stdout
+        flags = set(re.findall(r"(?m)^\s+(?:-\w, )?(--[a-z][a-z0-9-]*)", text))
+        envs = set(re.findall(r"\[env:\s+([A-Z0-9_]+)=", text))
+        _help_cache[subcommand] = (flags, envs)
+    return _help_cache[subcommand]
+
+
+def check_clima_containers(overlay, docs, binary):
+    config_maps = {doc["metadata"]["name"]: doc.get("data", {}) for doc in docs if doc["kind"] == "ConfigMap"}
+    checked = 0
+    for doc in docs:
+        if doc["kind"] != "Deployment":
+            continue
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            if "/clima/clima-" not in container["image"]:
+                continue
+            checked += 1
+            where = f"{overlay}: {doc['metadata']['name']}"
+            args = container.get("args", [])
+            subcommand = args[0] if args else None
+            flags, envs = accepted(binary, subcommand)
+            for arg in args[1:]:
+                if arg.startswith("--") and arg.split("=")[0] not in flags:
+                    fail(f"{where}: clima {subcommand} has no flag {arg}")
+            env = {item["name"]: item.get("value") for item in container.get("env", [])}
+            for source in container.get("envFrom", []):
+                env.update(config_maps.get(source.get("configMapRef", {}).get("name"), {}))
+            interpolated = {name for value in env.values() if value for name in re.findall(r"\$\(([A-Z0-9_]+)\)", value)}
+            for name in env:
+                if name in interpolated or OTEL_ENV.match(name):
+                    continue
+                if name not in envs:
+                    fail(f"{where}: clima {subcommand} reads no env var {name}")
+            ports = {port["name"]: port["containerPort"] for port in container.get("ports", [])}
+            for name, value in env.items():
+                if name.endswith("_LISTEN"):
+                    port = int(value.rsplit(":", 1)[1])
+                    if port not in ports.values():
+                        fail(f"{where}: {name}={value} but no containerPort {port}")
+            listened = {int(v.rsplit(":", 1)[1]) for n, v in env.items() if n.endswith("_LISTEN")}
+            for name, port in ports.items():
+                if port not in listened:
+                    fail(f"{where}: containerPort {name}={port} but no *_LISTEN env var binds it")
+            for probe_name in ("readinessProbe", "livenessProbe"):
+                probe = container.get(probe_name, {})
+                for kind in ("httpGet", "grpc", "tcpSocket"):
+                    port = probe.get(kind, {}).get("port")
+                    if port is not None and port not in ports and port not in ports.values():
+                        fail(f"{where}: {probe_name} uses port {port}, not one the container declares")
+    print(f"ok   {overlay}: {checked} clima containers checked against `clima --help`" if checked else "")
+    if not checked:
+        fail(f"{overlay}: no clima container found")
+
+
+def main():
+    binary = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "target/debug/clima")
+    check_dashboards()
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        if docs:
+            validate_builtin(overlay, docs)
+            check_clima_containers(overlay, docs, binary)
+    if failures:
+        print(f"\n{len(failures)} problem(s) in k8s/")
+        sys.exit(1)
+    print("k8s: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
