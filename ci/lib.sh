@@ -122,3 +122,34 @@ ensure_browser_tools() {
     npm ci --prefix "$CLIMA_ROOT/ci/browser" --silent --no-audit --no-fund
   fi
 }
+
+CLIMA_BIN=$CLIMA_ROOT/target/release/clima
+
+# start_service NAME: starts one clima service of the local stack (ci/up starts them all).
+start_service() {
+  export CLIMA_LOG_FORMAT=${CLIMA_LOG_FORMAT:-json}
+  export CLIMA_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+  export CLIMA_AMQP_URL=${CLIMA_AMQP_URL:-amqp://guest:guest@127.0.0.1:$RABBITMQ_PORT/%2f}
+  case $1 in
+    api) start_daemon api "$CLIMA_BIN" api --listen "127.0.0.1:$API_PORT" "--admin-listen=127.0.0.1:$ADMIN_PORT_BASE" \
+      --writer "http://127.0.0.1:$KAFKA_WRITER_PORT" --writer "http://127.0.0.1:$RABBITMQ_WRITER_PORT" ;;
+    writer-kafka) start_daemon writer-kafka "$CLIMA_BIN" writer --sink kafka \
+      --listen "127.0.0.1:$KAFKA_WRITER_PORT" "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 1))" ;;
+    writer-rabbitmq) start_daemon writer-rabbitmq "$CLIMA_BIN" writer --sink rabbitmq \
+      --listen "127.0.0.1:$RABBITMQ_WRITER_PORT" "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 2))" ;;
+    consumer-kafka) start_daemon consumer-kafka "$CLIMA_BIN" consumer --source kafka \
+      --store-url "redis://127.0.0.1:$REDIS_PORT" "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 3))" ;;
+    consumer-rabbitmq) start_daemon consumer-rabbitmq "$CLIMA_BIN" consumer --source rabbitmq \
+      --store-url "redis://127.0.0.1:$VALKEY_PORT" "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 4))" ;;
+    dashboard) start_daemon dashboard "$CLIMA_BIN" dashboard --listen "127.0.0.1:$DASHBOARD_PORT" \
+      "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 5))" \
+      --redis-url "redis://127.0.0.1:$REDIS_PORT" --valkey-url "redis://127.0.0.1:$VALKEY_PORT" ;;
+    *) die "unknown service $1" ;;
+  esac
+}
+
+# wait_ready: the API's /readyz (every writer SERVING) and the dashboard answer.
+wait_ready() {
+  wait_http "http://127.0.0.1:$API_PORT/readyz" api "${1:-60}"
+  wait_http "http://127.0.0.1:$DASHBOARD_PORT/healthz" dashboard "${1:-60}"
+}

@@ -21,6 +21,15 @@ pub struct ApiConfig {
     #[arg(long = "max-body-bytes", env = "CLIMA_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Requests handled at once; more are answered 503 at once (load shedding)
+    /// instead of queueing without bound.
+    #[arg(long = "max-concurrent-requests", env = "CLIMA_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+
+    /// Longest a request may take, body upload included (408 after).
+    #[arg(long = "request-timeout", env = "CLIMA_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
     /// Most tweets accepted in one request (an array); keep it at most the
     /// writers' --max-records.
     #[arg(long = "max-tweets", env = "CLIMA_MAX_TWEETS", default_value_t = 1000)]
@@ -30,6 +39,13 @@ pub struct ApiConfig {
 impl ApiConfig {
     /// Defaults with the given writer endpoints.
     pub fn with_writers(writers: Vec<String>) -> Self {
-        Self { writers, writer_timeout: Duration::from_secs(2), max_body_bytes: 1024 * 1024, max_tweets: 1000 }
+        Self {
+            writers,
+            writer_timeout: Duration::from_secs(2),
+            max_body_bytes: 1024 * 1024,
+            max_concurrent_requests: 1024,
+            request_timeout: Duration::from_secs(10),
+            max_tweets: 1000,
+        }
     }
 }

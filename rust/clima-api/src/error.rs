@@ -21,6 +21,10 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("the server is at its limit of concurrent requests; retry shortly")]
+    Overloaded,
+    #[error("the request took longer than {0:?}")]
+    RequestTimeout(std::time::Duration),
     #[error("invalid writer endpoint {endpoint:?}: {source}")]
     WriterEndpoint {
         endpoint: String,
@@ -48,6 +52,8 @@ impl ApiError {
             Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::WriterEndpoint { .. } | Self::Serve(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

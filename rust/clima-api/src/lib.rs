@@ -12,7 +12,7 @@ mod input;
 mod observe;
 mod writers;
 
-use std::{future::Future, sync::Arc};
+use std::{convert::Infallible, future::Future, sync::Arc};
 
 use axum::{Router, extract::DefaultBodyLimit, routing::{get, post}};
 use tokio::net::TcpListener;
@@ -25,18 +25,23 @@ pub use writers::Writers;
 struct AppState {
     writers: Arc<Writers>,
     config: Arc<ApiConfig>,
+    /// One permit per request in flight (--max-concurrent-requests).
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// The HTTP routes, ready to serve.
 pub fn router(config: ApiConfig) -> Result<Router, ApiError> {
     let writers = Arc::new(Writers::new(&config.writers, config.writer_timeout)?);
     let body_limit = config.max_body_bytes;
-    let state = AppState { writers, config: Arc::new(config) };
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests));
+    let state = AppState { writers, config: Arc::new(config), in_flight };
+    let input = post(input::post_input)
+        .layer::<_, Infallible>(axum::middleware::from_fn_with_state(state.clone(), observe::limit))
+        .layer::<_, Infallible>(DefaultBodyLimit::max(body_limit));
     Ok(Router::new()
-        .route("/input", post(input::post_input))
+        .route("/input", input)
         .route("/healthz", get(input::healthz))
         .route("/readyz", get(input::readyz))
-        .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(observe::observe))
         .with_state(state))
 }

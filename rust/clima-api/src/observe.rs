@@ -3,12 +3,28 @@
 use std::time::Instant;
 
 use axum::{
-    extract::{MatchedPath, Request},
+    extract::{MatchedPath, Request, State},
     middleware::Next,
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use clima_telemetry::propagation::{self, HeaderExtractor};
 use tracing::{Instrument, field::Empty};
+
+use crate::{ApiError, AppState};
+
+/// Bounds what `POST /input` may cost: requests beyond --max-concurrent-requests
+/// are shed at once with 503 (memory stays bounded under overload), and a
+/// request, slow body upload included, gets --request-timeout in all.
+pub(crate) async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        return ApiError::Overloaded.into_response();
+    };
+    let timeout = state.config.request_timeout;
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_elapsed) => ApiError::RequestTimeout(timeout).into_response(),
+    }
+}
 
 /// Wraps every request: a server span that joins the caller's trace
 /// (`traceparent` honoured), and `http_server_*` metrics by route and status.

@@ -71,3 +71,37 @@ async fn a_missing_writer_means_503_quickly_and_not_ready() {
     let health = client.get(format!("http://{api}/healthz")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn a_stalled_upload_times_out_and_excess_requests_are_shed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let stack = TestStack::spawn().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let config = ApiConfig {
+        max_concurrent_requests: 1,
+        request_timeout: Duration::from_millis(800),
+        ..ApiConfig::with_writers(vec![format!("http://{}", stack.kafka_writer), format!("http://{}", stack.rabbitmq_writer)])
+    };
+    tokio::spawn(clima_api::serve(listener, config, std::future::pending()));
+
+    // A client that promises a body and sends only half of it holds the only slot.
+    let mut stalled = tokio::net::TcpStream::connect(api).await.unwrap();
+    let head = format!("POST /input HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", TWEET.len());
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(&TWEET.as_bytes()[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let client = reqwest::Client::new();
+    let (status, answer) = post_json(&client, &format!("http://{api}/input"), TWEET).await;
+    assert_eq!((status, answer["error"].as_str()), (503, Some("overloaded")), "{answer}");
+
+    let mut response = String::new();
+    stalled.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("request_timeout"), "{response}");
+
+    // The slot is free again.
+    assert_eq!(post_json(&client, &format!("http://{api}/input"), TWEET).await.0, 202);
+}
