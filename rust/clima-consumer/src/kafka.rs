@@ -9,12 +9,16 @@ use clima_tweet::envelope;
 use rdkafka::{
     ClientContext, Message, Offset, Statistics, TopicPartitionList,
     consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer},
-    message::BorrowedMessage,
+    message::{BorrowedMessage, Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
-use crate::{BatchConfig, ConsumerError, Source, connect_until_ready, count_until_stored, process_span, record_received};
+use crate::{
+    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, connect_until_ready, count_until_stored,
+    process_span, record_received, retry_until_done,
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaSourceConfig {
@@ -51,7 +55,19 @@ struct Batch {
     records: Vec<TweetRecord>,
     spans: Vec<Span>,
     next_offsets: BTreeMap<(String, i32), i64>,
-    rejected: usize,
+    rejected: Vec<Rejected>,
+}
+
+/// A message that is not a valid clima record, on its way to the dead-letter topic.
+struct Rejected {
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    reason: String,
+}
+
+/// Where invalid messages of `topic` go: `<topic>.dlq`.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
 }
 
 /// Consumes until `shutdown`; the batch in hand is counted and committed first.
@@ -63,9 +79,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
     let admin = broker.admin()?;
-    if connect_until_ready("creating the kafka topic", &shutdown, || broker.ensure_topic(&admin)).await.is_none() {
+    let dead_letters = KafkaArgs { topic: dead_letter_topic(&broker.topic), ..broker.clone() };
+    let topics_ready = || async {
+        broker.ensure_topic(&admin).await?;
+        dead_letters.ensure_topic(&admin).await
+    };
+    if connect_until_ready("creating the kafka topics", &shutdown, topics_ready).await.is_none() {
         return Ok(());
     }
+    let dead_letter_producer: FutureProducer =
+        broker.client_config().set("acks", "all").set("enable.idempotence", "true").create()?;
     let consumer: TweetConsumer = broker
         .client_config()
         .set("group.id", &source.group)
@@ -82,11 +105,10 @@ pub async fn run(
             batch = next_batch(&consumer, batching) => batch?,
             () = shutdown.cancelled() => break,
         };
-        if !count_until_stored(store, &batch.records, &batch.spans, Source::Kafka, &shutdown).await {
+        if !dead_letter(&dead_letter_producer, &dead_letters.topic, &batch.rejected, &shutdown).await
+            || !count_until_stored(store, &batch.records, &batch.spans, Source::Kafka, &shutdown).await
+        {
             break;
-        }
-        if batch.rejected > 0 {
-            tracing::warn!(rejected = batch.rejected, "skipped messages that are not valid clima records");
         }
         let offsets = next_offsets(&batch);
         commit(&consumer, &offsets, CommitMode::Async);
@@ -106,7 +128,7 @@ async fn next_batch(consumer: &TweetConsumer, batching: &BatchConfig) -> Result<
     add(&mut batch, &first);
     drop(first);
     let deadline = tokio::time::Instant::now() + batching.linger;
-    while batch.records.len() + batch.rejected < batching.max_records {
+    while batch.records.len() + batch.rejected.len() < batching.max_records {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Ok(message) => add(&mut batch, &message?),
             Err(_elapsed) => break,
@@ -128,11 +150,41 @@ fn add(batch: &mut Batch, message: &BorrowedMessage<'_>) {
             batch.spans.push(span);
         }
         Err(error) => {
-            batch.rejected += 1;
-            tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "invalid message");
+            tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "invalid message; dead-lettering it");
+            batch.rejected.push(Rejected {
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().unwrap_or_default().to_vec(),
+                reason: error.to_string(),
+            });
         }
     }
     batch.next_offsets.insert((message.topic().to_owned(), message.partition()), message.offset() + 1);
+}
+
+/// Publishes every rejected message to the dead-letter topic (retrying until
+/// Kafka acknowledges); false only on shutdown, so the batch is not committed.
+async fn dead_letter(
+    producer: &FutureProducer,
+    topic: &str,
+    rejected: &[Rejected],
+    shutdown: &CancellationToken,
+) -> bool {
+    for message in rejected {
+        let send = || async {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: DEAD_LETTER_REASON_HEADER, value: Some(message.reason.as_str()) });
+            let mut record = FutureRecord::to(topic).payload(&message.payload).headers(headers);
+            if let Some(key) = &message.key {
+                record = record.key(key);
+            }
+            producer.send(record, std::time::Duration::from_secs(10)).await.map(drop).map_err(|(error, _)| error)
+        };
+        if !retry_until_done("dead-lettering a kafka message", shutdown, send).await {
+            return false;
+        }
+        metrics::counter!("clima_dead_lettered_messages_total", "source" => "kafka").increment(1);
+    }
+    true
 }
 
 fn next_offsets(batch: &Batch) -> TopicPartitionList {

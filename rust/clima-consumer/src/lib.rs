@@ -46,6 +46,8 @@ pub enum ConsumerError {
     RabbitMq(#[from] lapin::Error),
     #[error("rabbitmq closed the consumer")]
     StreamEnded,
+    #[error("rabbitmq did not take a dead letter")]
+    DeadLetterRefused,
 }
 
 /// Which broker a consumer reads (the `source` metric label).
@@ -142,6 +144,18 @@ fn record_received(source: Source, valid: bool) {
     if !valid {
         metrics::counter!("clima_rejected_messages_total", "source" => source.label()).increment(1);
     }
+}
+
+/// Header of a dead-lettered message saying why it was not a valid record.
+pub const DEAD_LETTER_REASON_HEADER: &str = "clima-dead-letter-reason";
+
+/// Retries `attempt` with backoff until it succeeds (true) or shutdown (false).
+async fn retry_until_done<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    shutdown: &CancellationToken,
+    attempt: impl FnMut() -> F,
+) -> bool {
+    connect_until_ready(what, shutdown, attempt).await.is_some()
 }
 
 /// Retries a broker connection step with backoff until it works or shutdown.

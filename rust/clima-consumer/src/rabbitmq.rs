@@ -8,14 +8,29 @@ use clima_store::CounterStore;
 use clima_tweet::envelope;
 use futures::StreamExt;
 use lapin::{
-    Channel,
+    BasicProperties, Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions},
-    types::FieldTable,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{BatchConfig, ConsumerError, Source, connect_until_ready, count_until_stored, process_span, record_received};
+use crate::{
+    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, connect_until_ready, count_until_stored,
+    process_span, record_received,
+};
+
+/// Where invalid messages of `queue` go: the durable queue `<queue>.dead`.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dead")
+}
+
+/// The consuming channel, and a confirm-mode channel for dead letters.
+struct Channels {
+    consume: Channel,
+    dead_letters: Channel,
+    dead_letter_queue: String,
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RabbitMqSourceConfig {
@@ -41,14 +56,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
     while !shutdown.is_cancelled() {
-        let Some((_connection, channel, consumer)) =
+        let Some((_connection, channels, consumer)) =
             connect_until_ready("connecting to rabbitmq", &shutdown, || subscribe(broker, source)).await
         else {
             break;
         };
         tracing::info!(queue = %broker.queue, "rabbitmq consumer started");
-        let depth = tokio::spawn(report_queue_depth(channel.clone(), broker.queue.clone()));
-        if let Err(error) = consume(&channel, consumer, batching, store, &shutdown).await {
+        let depth = tokio::spawn(report_queue_depth(channels.consume.clone(), broker.queue.clone()));
+        if let Err(error) = consume(&channels, consumer, batching, store, &shutdown).await {
             tracing::warn!(%error, "rabbitmq consumer lost its channel; reconnecting");
         }
         depth.abort();
@@ -60,10 +75,16 @@ pub async fn run(
 async fn subscribe(
     broker: &RabbitMqArgs,
     source: &RabbitMqSourceConfig,
-) -> Result<(lapin::Connection, Channel, lapin::Consumer), ConsumerError> {
+) -> Result<(lapin::Connection, Channels, lapin::Consumer), ConsumerError> {
     let connection = broker.connect("clima-consumer").await?;
     let channel = connection.create_channel().await?;
     broker.declare_topology(&channel).await?;
+    let dead_letter_queue = dead_letter_queue(&broker.queue);
+    channel
+        .queue_declare(dead_letter_queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
+        .await?;
+    let dead_letters = connection.create_channel().await?;
+    dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
     channel.basic_qos(source.prefetch, BasicQosOptions::default()).await?;
     let consumer = channel
         .basic_consume(
@@ -73,11 +94,11 @@ async fn subscribe(
             FieldTable::default(),
         )
         .await?;
-    Ok((connection, channel, consumer))
+    Ok((connection, Channels { consume: channel, dead_letters, dead_letter_queue }, consumer))
 }
 
 async fn consume(
-    channel: &Channel,
+    channels: &Channels,
     mut consumer: lapin::Consumer,
     batching: &BatchConfig,
     store: &CounterStore,
@@ -114,7 +135,7 @@ async fn consume(
                     spans.push(span);
                     last_valid_tag = Some(delivery.delivery_tag);
                 }
-                Err(error) => reject(channel, delivery, &error).await?,
+                Err(error) => dead_letter(channels, delivery, &error).await?,
             }
         }
         if !count_until_stored(store, &records, &spans, Source::RabbitMq, shutdown).await {
@@ -122,18 +143,35 @@ async fn consume(
             return Ok(());
         }
         if let Some(tag) = last_valid_tag {
-            channel.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
+            channels.consume.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
         }
     }
 }
 
-/// Not a clima record: never retried (it would fail again), so it does not
-/// block the queue.
-async fn reject(channel: &Channel, delivery: &Delivery, error: &envelope::EnvelopeError) -> Result<(), ConsumerError> {
-    tracing::warn!(%error, delivery_tag = delivery.delivery_tag, "invalid message rejected");
-    channel
-        .basic_nack(delivery.delivery_tag, BasicNackOptions { multiple: false, requeue: false })
+/// Not a clima record: retrying would fail again, so it moves to the dead-letter
+/// queue (with the reason in a header) and is acked, and never blocks the queue.
+/// It is acked only after RabbitMQ confirmed the dead letter.
+async fn dead_letter(channels: &Channels, delivery: &Delivery, error: &envelope::EnvelopeError) -> Result<(), ConsumerError> {
+    tracing::warn!(%error, delivery_tag = delivery.delivery_tag, "invalid message; dead-lettering it");
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(DEAD_LETTER_REASON_HEADER.into(), AMQPValue::LongString(error.to_string().into()));
+    let properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    let confirmation = channels
+        .dead_letters
+        .basic_publish(
+            "".into(),
+            channels.dead_letter_queue.as_str().into(),
+            BasicPublishOptions { mandatory: true, ..Default::default() },
+            &delivery.data,
+            properties,
+        )
+        .await?
         .await?;
+    if !confirmation.is_ack() || confirmation.take_message().is_some() {
+        return Err(ConsumerError::DeadLetterRefused);
+    }
+    channels.consume.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: false }).await?;
+    metrics::counter!("clima_dead_lettered_messages_total", "source" => "rabbitmq").increment(1);
     Ok(())
 }
 

@@ -49,7 +49,7 @@ fn assert_counts(counts: &Counts) {
 }
 
 #[tokio::test]
-async fn kafka_to_redis_counts_once_skips_poison_and_commits() {
+async fn kafka_to_redis_counts_once_dead_letters_poison_and_commits() {
     let broker = KafkaArgs {
         brokers: kafka_brokers(),
         topic: unique_name("consumer-topic"),
@@ -77,9 +77,23 @@ async fn kafka_to_redis_counts_once_skips_poison_and_commits() {
     let second_store = fresh_store(&redis_url()).await;
     let shutdown = CancellationToken::new();
     let consumer = tokio::spawn({
-        let (store, shutdown) = (second_store.clone(), shutdown.clone());
+        let (store, shutdown, broker) = (second_store.clone(), shutdown.clone(), broker.clone());
         async move { crate::kafka::run(&broker, &source, &BatchConfig::default(), &store, shutdown).await }
     });
+    // The poison message went to the dead-letter topic, with its reason.
+    let dead_letters: rdkafka::consumer::StreamConsumer = broker
+        .client_config()
+        .set("group.id", unique_name("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    rdkafka::consumer::Consumer::subscribe(&dead_letters, &[&crate::kafka::dead_letter_topic(&broker.topic)]).unwrap();
+    let dead = tokio::time::timeout(Duration::from_secs(30), dead_letters.recv()).await.unwrap().unwrap();
+    use rdkafka::{Message, message::Headers};
+    assert_eq!(dead.payload(), Some(&b"not a protobuf record"[..]));
+    let reason = dead.headers().unwrap().iter().find(|h| h.key == crate::DEAD_LETTER_REASON_HEADER).unwrap();
+    assert!(String::from_utf8_lossy(reason.value.unwrap()).contains("not a clima.v1.TweetRecord"));
+
     let counts = counted(&second_store, 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let counts_later = second_store.read_counts(1).await.unwrap();
@@ -99,7 +113,7 @@ async fn publish_raw_kafka(broker: &KafkaArgs, payload: &[u8]) {
 }
 
 #[tokio::test]
-async fn rabbitmq_to_valkey_counts_once_rejects_poison_and_acks() {
+async fn rabbitmq_to_valkey_counts_once_dead_letters_poison_and_acks() {
     let name = unique_name("consumer-queue");
     let broker = RabbitMqArgs { url: amqp_url(), exchange: name.clone(), queue: name, queue_type: QueueType::Quorum };
     let sink = RabbitMqSink::new(broker.clone(), RabbitMqSinkConfig::default());
@@ -129,7 +143,18 @@ async fn rabbitmq_to_valkey_counts_once_rejects_poison_and_acks() {
     shutdown.cancel();
     consumer.await.unwrap().unwrap();
 
-    // Everything was acked (or, the poison message, rejected): the queue is empty.
+    // The poison message is in the dead-letter queue, with its reason.
+    let dead = channel
+        .basic_get(crate::rabbitmq::dead_letter_queue(&broker.queue).as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the poison message was dead-lettered");
+    assert_eq!(dead.delivery.data, b"not a protobuf record");
+    let headers = dead.delivery.properties.headers().as_ref().unwrap();
+    assert!(headers.inner().contains_key(crate::DEAD_LETTER_REASON_HEADER));
+    channel.queue_delete(crate::rabbitmq::dead_letter_queue(&broker.queue).as_str().into(), Default::default()).await.unwrap();
+
+    // Everything was acked (the poison message after it was dead-lettered): the queue is empty.
     let queue = channel
         .queue_declare(
             broker.queue.as_str().into(),
