@@ -167,4 +167,6 @@ pub(crate) fn accept(
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
