@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiConfig {
@@ -30,6 +30,15 @@ pub struct ApiConfig {
     #[arg(long = "request-timeout", env = "CLIMA_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// API key that POST /input requires (as `Authorization: Bearer <key>` or
+    /// `X-Api-Key: <key>`); none means /input is open.
+    #[arg(long = "api-key", env = "CLIMA_API_KEY", hide_env_values = true, conflicts_with = "api_key_file")]
+    pub api_key: Option<String>,
+
+    /// File holding the API key (e.g. a mounted Kubernetes Secret); surrounding whitespace is ignored.
+    #[arg(id = "api_key_file", long = "api-key-file", env = "CLIMA_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+
     /// Most tweets accepted in one request (an array); keep it at most the
     /// writers' --max-records.
     #[arg(long = "max-tweets", env = "CLIMA_MAX_TWEETS", default_value_t = 1000)]
@@ -45,7 +54,25 @@ impl ApiConfig {
             max_body_bytes: 1024 * 1024,
             max_concurrent_requests: 1024,
             request_timeout: Duration::from_secs(10),
+            api_key: None,
+            api_key_file: None,
             max_tweets: 1000,
         }
+    }
+
+    /// The API key from --api-key or --api-key-file, if any.
+    pub fn resolved_api_key(&self) -> Result<Option<String>, crate::ApiError> {
+        let key = match (&self.api_key, &self.api_key_file) {
+            (Some(key), _) => key.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|source| crate::ApiError::ApiKeyFile { path: path.clone(), source })?
+                .trim()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        if key.is_empty() {
+            return Err(crate::ApiError::EmptyApiKey);
+        }
+        Ok(Some(key))
     }
 }

@@ -33,6 +33,16 @@ pub enum ApiError {
     },
     #[error("http server: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("a valid API key is required (Authorization: Bearer <key> or X-Api-Key: <key>)")]
+    Unauthorized,
+    #[error("reading the API key file {path:?}: {source}")]
+    ApiKeyFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the API key is empty")]
+    EmptyApiKey,
 }
 
 #[derive(Serialize)]
@@ -54,7 +64,10 @@ impl ApiError {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
-            Self::WriterEndpoint { .. } | Self::Serve(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::WriterEndpoint { .. } | Self::Serve(_) | Self::ApiKeyFile { .. } | Self::EmptyApiKey => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
         }
     }
 }
@@ -75,6 +88,9 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let body = ErrorBody { error, message: self.to_string(), field };
+        if matches!(self, Self::Unauthorized) {
+            return (status, [(axum::http::header::WWW_AUTHENTICATE, "Bearer")], Json(body)).into_response();
+        }
         (status, Json(body)).into_response()
     }
 }

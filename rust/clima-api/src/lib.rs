@@ -27,6 +27,8 @@ struct AppState {
     config: Arc<ApiConfig>,
     /// One permit per request in flight (--max-concurrent-requests).
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// The key POST /input requires, if any.
+    api_key: Option<Arc<str>>,
 }
 
 /// The HTTP routes, ready to serve.
@@ -34,7 +36,8 @@ pub fn router(config: ApiConfig) -> Result<Router, ApiError> {
     let writers = Arc::new(Writers::new(&config.writers, config.writer_timeout)?);
     let body_limit = config.max_body_bytes;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests));
-    let state = AppState { writers, config: Arc::new(config), in_flight };
+    let api_key = config.resolved_api_key()?.map(Arc::from);
+    let state = AppState { writers, config: Arc::new(config), in_flight, api_key };
     let input = post(input::post_input)
         .layer::<_, Infallible>(axum::middleware::from_fn_with_state(state.clone(), observe::limit))
         .layer::<_, Infallible>(DefaultBodyLimit::max(body_limit));

@@ -16,6 +16,11 @@ use crate::{ApiError, AppState};
 /// are shed at once with 503 (memory stays bounded under overload), and a
 /// request, slow body upload included, gets --request-timeout in all.
 pub(crate) async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key
+        && !presents_key(request.headers(), key)
+    {
+        return ApiError::Unauthorized.into_response();
+    }
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
         return ApiError::Overloaded.into_response();
     };
@@ -61,4 +66,17 @@ pub(crate) async fn observe(route: Option<MatchedPath>, request: Request, next: 
     metrics::counter!("http_server_requests_total", &labels).increment(1);
     metrics::histogram!("http_server_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Whether the request carries the API key, compared in constant time.
+fn presents_key(headers: &axum::http::HeaderMap, key: &str) -> bool {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    let api_key_header = headers.get("x-api-key").and_then(|value| value.to_str().ok());
+    [bearer, api_key_header]
+        .into_iter()
+        .flatten()
+        .any(|presented| constant_time_eq::constant_time_eq(presented.trim().as_bytes(), key.as_bytes()))
 }

@@ -105,3 +105,42 @@ async fn a_stalled_upload_times_out_and_excess_requests_are_shed() {
     // The slot is free again.
     assert_eq!(post_json(&client, &format!("http://{api}/input"), TWEET).await.0, 202);
 }
+
+#[tokio::test]
+async fn an_api_key_from_a_file_guards_input_but_not_the_probes() {
+    let stack = TestStack::spawn().await;
+    let key_file = std::env::temp_dir().join(clima_testkit::unique_name("api-key"));
+    std::fs::write(&key_file, "s3cret-key\n").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let config = ApiConfig {
+        api_key_file: Some(key_file.clone()),
+        ..ApiConfig::with_writers(vec![format!("http://{}", stack.kafka_writer), format!("http://{}", stack.rabbitmq_writer)])
+    };
+    tokio::spawn(clima_api::serve(listener, config, std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let client = reqwest::Client::new();
+    let url = format!("http://{api}/input");
+    let post = |header: Option<(&'static str, &'static str)>| {
+        let mut request = client.post(&url).header("content-type", "application/json").body(TWEET);
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    for header in [None, Some(("authorization", "Bearer wrong")), Some(("x-api-key", "s3cret-ke"))] {
+        let response = post(header).await.unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{header:?}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["error"], "unauthorized");
+    }
+    assert_eq!(post(Some(("authorization", "Bearer s3cret-key"))).await.unwrap().status().as_u16(), 202);
+    assert_eq!(post(Some(("x-api-key", "s3cret-key"))).await.unwrap().status().as_u16(), 202);
+    assert_eq!(client.get(format!("http://{api}/healthz")).send().await.unwrap().status().as_u16(), 200);
+
+    let (redis, valkey) = stack.counted(2).await;
+    assert_eq!((redis.total, valkey.total), (2, 2), "only the two authorised tweets are counted");
+    std::fs::remove_file(key_file).unwrap();
+}
