@@ -13,6 +13,19 @@ pub struct ApiConfig {
     )]
     pub writers: Vec<String>,
 
+    /// PEM CA certificate that signed the writers' certificates: talk to the
+    /// writers over TLS (give https:// endpoints).
+    #[arg(long = "writer-tls-ca", env = "CLIMA_WRITER_TLS_CA")]
+    pub writer_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate presented to the writers (mutual TLS).
+    #[arg(id = "writer_tls_cert", long = "writer-tls-cert", env = "CLIMA_WRITER_TLS_CLIENT_CERT", requires_all = ["writer_tls_key", "writer_tls_ca"])]
+    pub writer_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --writer-tls-cert.
+    #[arg(id = "writer_tls_key", long = "writer-tls-key", env = "CLIMA_WRITER_TLS_CLIENT_KEY", requires = "writer_tls_cert")]
+    pub writer_tls_key: Option<PathBuf>,
+
     /// How long a writer may take to confirm before the request fails with 503.
     #[arg(long = "writer-timeout", env = "CLIMA_WRITER_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub writer_timeout: Duration,
@@ -56,8 +69,25 @@ impl ApiConfig {
             request_timeout: Duration::from_secs(10),
             api_key: None,
             api_key_file: None,
+            writer_tls_ca: None,
+            writer_tls_cert: None,
+            writer_tls_key: None,
             max_tweets: 1000,
         }
+    }
+
+    /// TLS settings for the writer connections, if --writer-tls-ca is given.
+    pub fn writer_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, crate::ApiError> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| crate::ApiError::ReadFile { path: path.clone(), source })
+        };
+        let Some(ca) = &self.writer_tls_ca else { return Ok(None) };
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&self.writer_tls_cert, &self.writer_tls_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(Some(tls))
     }
 
     /// The API key from --api-key or --api-key-file, if any.
@@ -65,7 +95,7 @@ impl ApiConfig {
         let key = match (&self.api_key, &self.api_key_file) {
             (Some(key), _) => key.trim().to_owned(),
             (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|source| crate::ApiError::ApiKeyFile { path: path.clone(), source })?
+                .map_err(|source| crate::ApiError::ReadFile { path: path.clone(), source })?
                 .trim()
                 .to_owned(),
             (None, None) => return Ok(None),

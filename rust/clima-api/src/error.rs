@@ -35,8 +35,8 @@ pub enum ApiError {
     Serve(#[source] std::io::Error),
     #[error("a valid API key is required (Authorization: Bearer <key> or X-Api-Key: <key>)")]
     Unauthorized,
-    #[error("reading the API key file {path:?}: {source}")]
-    ApiKeyFile {
+    #[error("reading {path:?}: {source}")]
+    ReadFile {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
@@ -65,7 +65,7 @@ impl ApiError {
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Self::WriterEndpoint { .. } | Self::Serve(_) | Self::ApiKeyFile { .. } | Self::EmptyApiKey => {
+            Self::WriterEndpoint { .. } | Self::Serve(_) | Self::ReadFile { .. } | Self::EmptyApiKey => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         }

@@ -33,7 +33,7 @@ struct AppState {
 
 /// The HTTP routes, ready to serve.
 pub fn router(config: ApiConfig) -> Result<Router, ApiError> {
-    let writers = Arc::new(Writers::new(&config.writers, config.writer_timeout)?);
+    let writers = Arc::new(Writers::new(&config.writers, config.writer_timeout, config.writer_tls()?)?);
     let body_limit = config.max_body_bytes;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests));
     let api_key = config.resolved_api_key()?.map(Arc::from);

@@ -8,7 +8,7 @@ use clima_proto::v1::{
 use clima_telemetry::propagation::{self, MetadataInjector};
 use futures::future::join_all;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use tracing::{Instrument, field::Empty};
 
@@ -68,12 +68,16 @@ pub struct WriterHealth {
 }
 
 impl Writers {
-    pub fn new(endpoints: &[String], timeout: Duration) -> Result<Self, ApiError> {
+    pub fn new(endpoints: &[String], timeout: Duration, tls: Option<ClientTlsConfig>) -> Result<Self, ApiError> {
         let writers = endpoints
             .iter()
             .map(|endpoint| {
-                let channel = Endpoint::from_shared(endpoint.clone())
-                    .map_err(|source| ApiError::WriterEndpoint { endpoint: endpoint.clone(), source })?
+                let endpoint_error = |source| ApiError::WriterEndpoint { endpoint: endpoint.clone(), source };
+                let mut channel = Endpoint::from_shared(endpoint.clone()).map_err(endpoint_error)?;
+                if let Some(tls) = &tls {
+                    channel = channel.tls_config(tls.clone()).map_err(endpoint_error)?;
+                }
+                let channel = channel
                     .connect_timeout(timeout.min(Duration::from_secs(1)))
                     .timeout(timeout)
                     .tcp_nodelay(true)

@@ -1,8 +1,8 @@
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 
 use clima_proto::v1::writer_service_server::{SERVICE_NAME, WriterServiceServer};
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{Sink, service::Writer};
@@ -16,12 +16,58 @@ pub struct ServerConfig {
     /// How often the broker connection is checked for the health service.
     #[arg(long = "health-interval", env = "CLIMA_WRITER_HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
+
+    /// PEM certificate chain the writer presents: serve gRPC over TLS.
+    #[arg(id = "tls_cert", long = "tls-cert", env = "CLIMA_WRITER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(id = "tls_key", long = "tls-key", env = "CLIMA_WRITER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate that must have signed every client's certificate (mutual TLS).
+    #[arg(long = "tls-client-ca", env = "CLIMA_WRITER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { max_records: 1000, health_interval: Duration::from_secs(5) }
+        Self {
+            max_records: 1000,
+            health_interval: Duration::from_secs(5),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+        }
     }
+}
+
+impl ServerConfig {
+    /// The TLS settings, if --tls-cert is given.
+    fn tls(&self) -> Result<Option<ServerTlsConfig>, ServeError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        Ok(Some(tls))
+    }
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| ServeError::ReadFile { path: path.clone(), source })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reading {path:?}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
 }
 
 /// Serves `clima.v1.WriterService`, reflection (v1 and v1alpha) and
@@ -34,7 +80,8 @@ pub async fn serve<S: Sink>(
     sink: S,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
+    let tls = config.tls()?;
     let sink = Arc::new(sink);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::NotServing).await;
@@ -43,8 +90,12 @@ pub async fn serve<S: Sink>(
     let reflection_v1 = reflection().build_v1().expect("clima's descriptors are valid");
     let reflection_v1alpha = reflection().build_v1alpha().expect("clima's descriptors are valid");
 
-    tracing::info!(address = ?listener.local_addr().ok(), broker = sink.name(), "writer listening");
-    let result = Server::builder()
+    tracing::info!(address = ?listener.local_addr().ok(), broker = sink.name(), tls = tls.is_some(), "writer listening");
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    let result = server
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -52,7 +103,7 @@ pub async fn serve<S: Sink>(
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await;
     health_task.abort();
-    result
+    Ok(result?)
 }
 
 async fn report_health<S: Sink>(sink: Arc<S>, reporter: HealthReporter, interval: Duration) {

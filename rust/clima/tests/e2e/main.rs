@@ -10,3 +10,4 @@ mod observability;
 mod pipeline;
 mod processes;
 mod reflection;
+mod tls;
