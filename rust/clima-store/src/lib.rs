@@ -121,10 +121,29 @@ return counted
 "#;
 
 impl CounterStore {
-    /// Connects (once; later drops are reconnected transparently).
+    /// Connects (once; later drops are reconnected transparently). `rediss://`
+    /// URLs use TLS, verified against the system's roots.
     pub async fn connect(url: &str, keys: KeySchema, retention: Retention) -> Result<Self, StoreError> {
-        let redis_error = |source| StoreError::Redis { url: url.to_owned(), source };
-        let client = redis::Client::open(url).map_err(redis_error)?;
+        Self::connect_with_ca(url, keys, retention, None).await
+    }
+
+    /// As [`CounterStore::connect`], verifying a `rediss://` server against
+    /// `ca_pem` (a PEM CA certificate) instead of the system's roots.
+    pub async fn connect_with_ca(
+        url: &str,
+        keys: KeySchema,
+        retention: Retention,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Result<Self, StoreError> {
+        let redis_error = |source| StoreError::Redis { url: redact(url), source };
+        let client = match ca_pem {
+            Some(ca) => {
+                let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(ca) };
+                redis::Client::build_with_tls(url, certificates)
+            }
+            None => redis::Client::open(url),
+        }
+        .map_err(redis_error)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)))
@@ -133,7 +152,7 @@ impl CounterStore {
         let info: String = redis::cmd("INFO").arg("server").query_async(&mut connection).await.map_err(redis_error)?;
         let system = if info.contains("valkey_version") { "valkey" } else { "redis" };
         Ok(Self {
-            url: url.to_owned(),
+            url: redact(url),
             system,
             connection,
             keys,
@@ -218,6 +237,14 @@ impl CounterStore {
 
     fn error(&self, source: redis::RedisError) -> StoreError {
         StoreError::Redis { url: self.url.clone(), source }
+    }
+}
+
+/// The URL without its password, for errors and logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}://***@{}", &url[..scheme_end], &url[at + 1..]),
+        _ => url.to_owned(),
     }
 }
 

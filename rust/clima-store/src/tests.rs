@@ -74,3 +74,80 @@ async fn unreachable_store_is_an_error_naming_the_url() {
         .expect("nothing listens on port 1");
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
 }
+
+fn args(values: &[&str]) -> Vec<String> {
+    values.iter().map(|value| (*value).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn a_password_protected_valkey_counts_with_the_password_only() {
+    use clima_testkit::{ServerProcess, free_port, valkey_server_binary};
+    let port = free_port();
+    let port_arg = port.to_string();
+    let _valkey = ServerProcess::start(
+        &valkey_server_binary(),
+        &args(&["--port", &port_arg, "--bind", "127.0.0.1", "--requirepass", "s3cret", "--save", "", "--appendonly", "no"]),
+        port,
+    );
+    let keys = KeySchema::new(unique_name("auth"));
+    let good = format!("redis://:s3cret@127.0.0.1:{port}");
+    let store = CounterStore::connect(&good, keys.clone(), Retention::default()).await.unwrap();
+    assert_eq!(store.count_batch(&[record("GT", Weather::Soleado)]).await.unwrap(), 1);
+
+    let error = CounterStore::connect(&format!("redis://:wrong@127.0.0.1:{port}"), keys.clone(), Retention::default())
+        .await
+        .err()
+        .expect("a wrong password is refused");
+    assert!(!error.to_string().contains("wrong"), "errors never show the password: {error}");
+    assert!(CounterStore::connect(&format!("redis://127.0.0.1:{port}"), keys, Retention::default()).await.is_err());
+}
+
+#[tokio::test]
+async fn a_tls_redis_counts_over_rediss_verified_against_our_ca() {
+    use clima_testkit::{ServerProcess, free_port};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+    let dir = std::env::temp_dir().join(unique_name("redis-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "clima test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &Issuer::new(ca_params, ca_key))
+        .unwrap();
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(path("server.pem"), server.pem()).unwrap();
+    std::fs::write(path("server.key"), server_key.serialize_pem()).unwrap();
+
+    let port = free_port();
+    let port_arg = port.to_string();
+    let _redis = ServerProcess::start(
+        "redis-server",
+        &args(&[
+            "--port", "0", "--tls-port", &port_arg, "--bind", "127.0.0.1",
+            "--tls-cert-file", &path("server.pem"), "--tls-key-file", &path("server.key"),
+            "--tls-ca-cert-file", &path("ca.pem"), "--tls-auth-clients", "no",
+            "--requirepass", "s3cret", "--save", "", "--appendonly", "no",
+        ]),
+        port,
+    );
+    let keys = KeySchema::new(unique_name("tls"));
+    let url = format!("rediss://:s3cret@127.0.0.1:{port}");
+    let ca_pem = std::fs::read(path("ca.pem")).unwrap();
+    let store = CounterStore::connect_with_ca(&url, keys.clone(), Retention::default(), Some(ca_pem)).await.unwrap();
+    assert_eq!(store.count_batch(&[record("MX", Weather::Nublado)]).await.unwrap(), 1);
+    assert_eq!(store.read_counts(1).await.unwrap().by_country["MX"], 1);
+
+    // Not trusting our CA (system roots only), or plain text to the TLS port: refused.
+    assert!(CounterStore::connect(&url, keys.clone(), Retention::default()).await.is_err());
+    let plain = format!("redis://:s3cret@127.0.0.1:{port}");
+    assert!(tokio::time::timeout(Duration::from_secs(10), CounterStore::connect(&plain, keys, Retention::default()))
+        .await
+        .map_or(true, |connected| connected.is_err()));
+    std::fs::remove_dir_all(dir).unwrap();
+}

