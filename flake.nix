@@ -29,9 +29,9 @@
           pname = "clima";
           strictDeps = true;
           cargoExtraArgs = "--locked";
-          # rdkafka builds its bundled librdkafka with ./configure and make.
+          # rdkafka builds its bundled librdkafka with ./configure and make, with OpenSSL for TLS.
           nativeBuildInputs = [ pkgs.pkg-config pkgs.perl pkgs.python3 pkgs.gnumake ];
-          buildInputs = [ pkgs.zlib ];
+          buildInputs = [ pkgs.zlib pkgs.openssl ];
         };
 
         # Dependencies are built once and cached separately from clima's own crates.

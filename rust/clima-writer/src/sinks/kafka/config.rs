@@ -11,6 +11,13 @@ pub struct KafkaSinkConfig {
     #[arg(long = "kafka-delivery-timeout", env = "CLIMA_KAFKA_DELIVERY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub delivery_timeout: Duration,
 
+    /// Idempotent producer: broker-side dedupe of the producer's own retries.
+    /// clima's exactly-once counting does not depend on it (consumers count each
+    /// tweet id once); turn it off only for brokers that mishandle it (see
+    /// ARCHITECTURE.md on tansu 0.6).
+    #[arg(long = "kafka-idempotence", env = "CLIMA_KAFKA_IDEMPOTENCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub idempotence: bool,
+
     /// Compression codec (none, gzip, lz4, zstd; snappy where the broker supports it).
     #[arg(long = "kafka-compression", env = "CLIMA_KAFKA_COMPRESSION", default_value = "none")]
     pub compression: String,
@@ -18,6 +25,11 @@ pub struct KafkaSinkConfig {
 
 impl Default for KafkaSinkConfig {
     fn default() -> Self {
-        Self { linger: Duration::from_millis(5), delivery_timeout: Duration::from_secs(10), compression: "none".into() }
+        Self {
+            linger: Duration::from_millis(5),
+            delivery_timeout: Duration::from_secs(10),
+            idempotence: true,
+            compression: "none".into(),
+        }
     }
 }

@@ -34,9 +34,9 @@ impl KafkaSink {
         let producer = broker
             .client_config()
             // Durability: every in-sync replica has the record before it is acked,
-            // and producer retries never duplicate or reorder it.
+            // and (idempotence) producer retries never duplicate or reorder it.
             .set("acks", "all")
-            .set("enable.idempotence", "true")
+            .set("enable.idempotence", config.idempotence.to_string())
             .set("linger.ms", config.linger.as_millis().to_string())
             .set("message.timeout.ms", config.delivery_timeout.as_millis().to_string())
             .set("compression.type", &config.compression)
