@@ -67,3 +67,13 @@ async fn unreachable_broker_fails_the_publish() {
     let sink = RabbitMqSink::new(broker, RabbitMqSinkConfig::default());
     assert!(sink.publish(&[record("PE", Weather::Nublado)]).await.is_err());
 }
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_and_never_shown() {
+    let mut broker = broker();
+    broker.url = amqp_url().replacen(":guest@", ":not-the-password@", 1);
+    assert_ne!(broker.url, amqp_url(), "the test URL carries guest's password");
+    let sink = RabbitMqSink::new(broker, RabbitMqSinkConfig::default());
+    let error = sink.check().await.expect_err("RabbitMQ refuses a wrong password");
+    assert!(!error.to_string().contains("not-the-password"), "{error}");
+}
