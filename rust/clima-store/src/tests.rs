@@ -104,25 +104,11 @@ async fn a_password_protected_valkey_counts_with_the_password_only() {
 
 #[tokio::test]
 async fn a_tls_redis_counts_over_rediss_verified_against_our_ca() {
-    use clima_testkit::{ServerProcess, free_port};
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    use clima_testkit::{ServerProcess, TestPki, free_port};
 
-    let dir = std::env::temp_dir().join(unique_name("redis-tls"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "clima test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &Issuer::new(ca_params, ca_key))
-        .unwrap();
-    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(path("server.pem"), server.pem()).unwrap();
-    std::fs::write(path("server.key"), server_key.serialize_pem()).unwrap();
+    let pki = TestPki::new();
+    pki.issue("server", &["127.0.0.1"], false);
+    let path = |name: &str| pki.path(name).to_string_lossy().into_owned();
 
     let port = free_port();
     let port_arg = port.to_string();
@@ -149,5 +135,4 @@ async fn a_tls_redis_counts_over_rediss_verified_against_our_ca() {
     assert!(tokio::time::timeout(Duration::from_secs(10), CounterStore::connect(&plain, keys, Retention::default()))
         .await
         .map_or(true, |connected| connected.is_err()));
-    std::fs::remove_dir_all(dir).unwrap();
 }

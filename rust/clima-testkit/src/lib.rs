@@ -88,3 +88,54 @@ impl Drop for ServerProcess {
         let _ = self.0.wait();
     }
 }
+
+/// A throwaway PKI for TLS tests: a CA and certificates it signed, as PEM files
+/// in a fresh directory that is removed on drop.
+pub struct TestPki {
+    dir: std::path::PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestPki {
+    /// A new CA; its certificate is `ca.pem`.
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let dir = std::env::temp_dir().join(unique_name("pki"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "clima test CA");
+        std::fs::write(dir.join("ca.pem"), params.self_signed(&key).unwrap().pem()).unwrap();
+        Self { dir, issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// Issues `<name>.pem` and `<name>.key` for `names` (DNS names or IP
+    /// addresses), for servers (`client == false`) or clients.
+    pub fn issue(&self, name: &str, names: &[&str], client: bool) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages =
+            vec![if client { ExtendedKeyUsagePurpose::ClientAuth } else { ExtendedKeyUsagePurpose::ServerAuth }];
+        std::fs::write(self.path(&format!("{name}.pem")), params.signed_by(&key, &self.issuer).unwrap().pem()).unwrap();
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+
+    pub fn path(&self, file: &str) -> std::path::PathBuf {
+        self.dir.join(file)
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

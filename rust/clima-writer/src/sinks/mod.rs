@@ -11,6 +11,28 @@ use clima_proto::v1::TweetRecord;
 pub use kafka::KafkaSink;
 pub use rabbitmq::RabbitMqSink;
 
+/// The producer span of one record (OpenTelemetry messaging conventions). Its
+/// context travels in the message headers, so the consumer's process span
+/// becomes its child. Broker-specific attributes start empty; the sink records them.
+pub(crate) fn publish_span(system: &'static str, destination: &str, record_id: &str) -> tracing::Span {
+    use tracing::field::Empty;
+    tracing::info_span!(
+        "messaging.publish",
+        otel.name = %format_args!("publish {destination}"),
+        otel.kind = "producer",
+        otel.status_code = Empty,
+        messaging.system = system,
+        messaging.destination.name = %destination,
+        messaging.operation.type = "publish",
+        messaging.operation.name = "publish",
+        messaging.message.id = %record_id,
+        messaging.kafka.message.key = Empty,
+        messaging.destination.partition.id = Empty,
+        messaging.kafka.offset = Empty,
+        messaging.rabbitmq.destination.routing_key = Empty,
+    )
+}
+
 pub trait Sink: Send + Sync + 'static {
     /// Short broker name for logs and errors.
     fn name(&self) -> &'static str;

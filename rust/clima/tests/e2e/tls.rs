@@ -2,67 +2,30 @@
 //! test generates (rcgen): a CA, a writer certificate for 127.0.0.1 and
 //! localhost, and an API client certificate.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clima_api::ApiConfig;
 use clima_broker::rabbitmq::{QueueType, RabbitMqArgs};
-use clima_testkit::{amqp_url, unique_name};
+use clima_testkit::{TestPki, amqp_url};
 use clima_writer::{
     ServerConfig,
     sinks::{RabbitMqSink, rabbitmq::RabbitMqSinkConfig},
 };
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 use tokio::net::TcpListener;
 
 use crate::helpers::{TestStack, post_json};
 
 const TWEET: &str = r#"{"description":"Sol","country":"GT","weather":"Soleado"}"#;
 
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    /// Writes ca.pem, writer.pem/writer.key and api.pem/api.key into a fresh directory.
-    fn generate() -> Self {
-        let dir = std::env::temp_dir().join(unique_name("pki"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "clima test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        for (name, names, usage) in [
-            ("writer", vec!["127.0.0.1".to_owned(), "localhost".to_owned()], ExtendedKeyUsagePurpose::ServerAuth),
-            ("api", vec!["clima-api".to_owned()], ExtendedKeyUsagePurpose::ClientAuth),
-        ] {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(names).unwrap();
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.extended_key_usages = vec![usage];
-            let cert = params.signed_by(&key, &issuer).unwrap();
-            std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-        }
-        Self { dir }
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.join(file)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+fn writer_and_api_certificates() -> TestPki {
+    let pki = TestPki::new();
+    pki.issue("writer", &["127.0.0.1", "localhost"], false);
+    pki.issue("api", &["clima-api"], true);
+    pki
 }
 
 /// A RabbitMQ writer for `stack`'s exchange that requires TLS and client certificates.
-async fn mutual_tls_writer(stack: &TestStack, pki: &Pki) -> String {
+async fn mutual_tls_writer(stack: &TestStack, pki: &TestPki) -> String {
     let broker =
         RabbitMqArgs { url: amqp_url(), exchange: stack.name.clone(), queue: stack.name.clone(), queue_type: QueueType::Quorum };
     let config = ServerConfig {
@@ -97,7 +60,7 @@ fn with_client_tls(writer: &str, ca: &Path, identity: Option<(&Path, &Path)>) ->
 #[tokio::test]
 async fn the_api_reaches_a_writer_over_mutual_tls_and_nothing_else_gets_in() {
     let stack = TestStack::spawn().await;
-    let pki = Pki::generate();
+    let pki = writer_and_api_certificates();
     let writer = mutual_tls_writer(&stack, &pki).await;
     let client = reqwest::Client::new();
 
@@ -112,7 +75,7 @@ async fn the_api_reaches_a_writer_over_mutual_tls_and_nothing_else_gets_in() {
     let plain = api(ApiConfig::with_writers(vec![writer.replace("https://", "http://")])).await;
     assert_eq!(post_json(&client, &plain, TWEET).await.0, 503);
     // A client that does not trust the writer's CA.
-    let other = Pki::generate();
+    let other = writer_and_api_certificates();
     let untrusting = api(with_client_tls(&writer, &other.path("ca.pem"), Some((&pki.path("api.pem"), &pki.path("api.key"))))).await;
     assert_eq!(post_json(&client, &untrusting, TWEET).await.0, 503);
 

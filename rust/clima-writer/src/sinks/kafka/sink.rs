@@ -12,7 +12,7 @@ use rdkafka::{
     util::Timeout,
 };
 
-use tracing::{Instrument, field::Empty};
+use tracing::Instrument;
 
 use super::KafkaSinkConfig;
 use crate::{Sink, SinkError};
@@ -58,20 +58,8 @@ impl KafkaSink {
         // Keyed by country: one country's tweets stay in order on one partition.
         let key = record.tweet.as_ref().map_or("", |tweet| tweet.country.as_str());
         let topic = &self.broker.topic;
-        let span = tracing::info_span!(
-            "messaging.publish",
-            otel.name = %format_args!("publish {topic}"),
-            otel.kind = "producer",
-            otel.status_code = Empty,
-            messaging.system = "kafka",
-            messaging.destination.name = %topic,
-            messaging.operation.type = "publish",
-            messaging.operation.name = "publish",
-            messaging.message.id = %record.id,
-            messaging.kafka.message.key = %key,
-            messaging.destination.partition.id = Empty,
-            messaging.kafka.offset = Empty,
-        );
+        let span = crate::sinks::publish_span("kafka", topic, &record.id);
+        span.record("messaging.kafka.message.key", key);
         let payload = envelope::encode(record);
         let headers = OwnedHeaders::new_with_capacity(5)
             .insert(Header { key: envelope::HEADER_CONTENT_TYPE, value: Some(envelope::CONTENT_TYPE) })

@@ -7,7 +7,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use tokio::sync::Mutex;
-use tracing::{Instrument, field::Empty};
+use tracing::Instrument;
 
 use super::RabbitMqSinkConfig;
 use crate::{Sink, SinkError};
@@ -57,18 +57,8 @@ impl RabbitMqSink {
         // Publish everything first, then await the confirms: one round trip per request, not per tweet.
         let exchange = &self.broker.exchange;
         for record in records {
-            let span = tracing::info_span!(
-                "messaging.publish",
-                otel.name = %format_args!("publish {exchange}"),
-                otel.kind = "producer",
-                otel.status_code = Empty,
-                messaging.system = "rabbitmq",
-                messaging.destination.name = %exchange,
-                messaging.operation.type = "publish",
-                messaging.operation.name = "publish",
-                messaging.message.id = %record.id,
-                messaging.rabbitmq.destination.routing_key = ROUTING_KEY,
-            );
+            let span = crate::sinks::publish_span("rabbitmq", exchange, &record.id);
+            span.record("messaging.rabbitmq.destination.routing_key", ROUTING_KEY);
             let mut headers = FieldTable::default();
             headers.insert(envelope::HEADER_TWEET_ID.into(), AMQPValue::LongString(record.id.as_str().into()));
             // The consumer's process span becomes a child of this publish span.
