@@ -8,7 +8,7 @@ use rdkafka::{
     admin::AdminClient,
     client::DefaultClientContext,
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
 };
 
@@ -100,8 +100,17 @@ impl Sink for KafkaSink {
     }
 
     async fn check(&self) -> Result<(), SinkError> {
-        self.broker.ensure_topic(&self.admin).await?;
-        self.topic_ready.store(true, Ordering::Release);
-        Ok(())
+        if !self.topic_ready.load(Ordering::Acquire) {
+            return self.ensure_topic().await;
+        }
+        // The topic exists: asking for its metadata proves the broker answers.
+        let client = self.producer.clone();
+        let topic = self.broker.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            client.client().fetch_metadata(Some(&topic), std::time::Duration::from_secs(5)).map(drop)
+        })
+        .await
+        .expect("metadata lookup does not panic")
+        .map_err(|error| SinkError::Broker(error.into()))
     }
 }
