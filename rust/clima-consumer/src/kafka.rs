@@ -106,7 +106,7 @@ pub async fn run(
     let mut last_commit = None;
     loop {
         let batch = tokio::select! {
-            batch = next_batch(&consumer, batching) => batch?,
+            batch = next_batch(&consumer, batching) => batch,
             () = shutdown.cancelled() => break,
         };
         if !dead_letter(&dead_letter_producer, &dead_letters.topic, &batch.rejected, &shutdown).await
@@ -126,19 +126,37 @@ pub async fn run(
     Ok(())
 }
 
-async fn next_batch(consumer: &TweetConsumer, batching: &BatchConfig) -> Result<Batch, ConsumerError> {
+/// Waits for at least one message, then takes more for up to the linger time.
+///
+/// Errors that `recv` reports (all brokers down, a broker restarting, a
+/// rebalance) are transient: librdkafka reconnects by itself, so they are
+/// logged and waited out, never allowed to stop the consumer.
+async fn next_batch(consumer: &TweetConsumer, batching: &BatchConfig) -> Batch {
     let mut batch = Batch::default();
-    let first = consumer.recv().await?;
-    add(&mut batch, &first);
-    drop(first);
+    loop {
+        match consumer.recv().await {
+            Ok(first) => {
+                add(&mut batch, &first);
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "kafka consumer error; waiting for the broker");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
     let deadline = tokio::time::Instant::now() + batching.linger;
     while batch.records.len() + batch.rejected.len() < batching.max_records {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(message) => add(&mut batch, &message?),
+            Ok(Ok(message)) => add(&mut batch, &message),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "kafka consumer error; counting the batch so far");
+                break;
+            }
             Err(_elapsed) => break,
         }
     }
-    Ok(batch)
+    batch
 }
 
 fn add(batch: &mut Batch, message: &BorrowedMessage<'_>) {
