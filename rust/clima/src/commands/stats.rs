@@ -66,12 +66,18 @@ pub async fn wait_for_totals(
 ) -> anyhow::Result<(Counts, Counts)> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let (redis, valkey) = tokio::try_join!(stores.0.read_counts(1), stores.1.read_counts(1))?;
-        let redis_new = redis.total.saturating_sub(baselines.0);
-        let valkey_new = valkey.total.saturating_sub(baselines.1);
-        progress.set_position(redis_new.min(valkey_new).min(expected));
-        if (redis_new >= expected && valkey_new >= expected) || tokio::time::Instant::now() >= deadline {
-            return Ok((redis, valkey));
+        // A store that is restarting is waited for, not given up on.
+        match tokio::try_join!(stores.0.read_counts(1), stores.1.read_counts(1)) {
+            Ok((redis, valkey)) => {
+                let redis_new = redis.total.saturating_sub(baselines.0);
+                let valkey_new = valkey.total.saturating_sub(baselines.1);
+                progress.set_position(redis_new.min(valkey_new).min(expected));
+                if (redis_new >= expected && valkey_new >= expected) || tokio::time::Instant::now() >= deadline {
+                    return Ok((redis, valkey));
+                }
+            }
+            Err(error) if tokio::time::Instant::now() >= deadline => return Err(error.into()),
+            Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
