@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
 use crate::{
-    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, connect_until_ready, count_until_stored,
-    process_span, record_received, retry_until_done,
+    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, retry_until_ok, count_until_stored,
+    process_span, record_received,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -84,7 +84,7 @@ pub async fn run(
         broker.ensure_topic(&admin).await?;
         dead_letters.ensure_topic(&admin).await
     };
-    if connect_until_ready("creating the kafka topics", &shutdown, topics_ready).await.is_none() {
+    if retry_until_ok("creating the kafka topics", &shutdown, topics_ready).await.is_none() {
         return Ok(());
     }
     let dead_letter_producer: FutureProducer =
@@ -200,7 +200,7 @@ async fn dead_letter(
             }
             producer.send(record, std::time::Duration::from_secs(10)).await.map(drop).map_err(|(error, _)| error)
         };
-        if !retry_until_done("dead-lettering a kafka message", shutdown, send).await {
+        if retry_until_ok("dead-lettering a kafka message", shutdown, send).await.is_none() {
             return false;
         }
         metrics::counter!("clima_dead_lettered_messages_total", "source" => "kafka").increment(1);

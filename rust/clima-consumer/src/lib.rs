@@ -113,29 +113,21 @@ async fn count_until_stored(
         })
         .collect();
     let started = Instant::now();
-    let count = || store.count_batch(records);
-    let retrying = count
-        .retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(5)).without_max_times())
-        .notify(|error, delay| {
+    let count = || async {
+        let counted = store.count_batch(records).await;
+        if counted.is_err() {
             metrics::counter!("clima_store_write_failures_total", "store" => system).increment(1);
-            tracing::warn!(%error, ?delay, "store write failed; retrying")
-        });
-    tokio::select! {
-        result = retrying => match result {
-            Ok(new) => {
-                metrics::histogram!("clima_store_write_duration_seconds", "store" => system)
-                    .record(started.elapsed().as_secs_f64());
-                let source = source.label();
-                metrics::counter!("clima_counted_tweets_total", "source" => source, "store" => system).increment(new);
-                metrics::counter!("clima_duplicate_tweets_total", "source" => source, "store" => system)
-                    .increment(records.len() as u64 - new);
-                tracing::debug!(records = records.len(), new, "batch counted");
-                true
-            }
-            Err(_) => false,
-        },
-        () = shutdown.cancelled() => false,
-    }
+        }
+        counted
+    };
+    let Some(new) = retry_until_ok("store write", shutdown, count).await else { return false };
+    metrics::histogram!("clima_store_write_duration_seconds", "store" => system).record(started.elapsed().as_secs_f64());
+    let source = source.label();
+    metrics::counter!("clima_counted_tweets_total", "source" => source, "store" => system).increment(new);
+    metrics::counter!("clima_duplicate_tweets_total", "source" => source, "store" => system)
+        .increment(records.len() as u64 - new);
+    tracing::debug!(records = records.len(), new, "batch counted");
+    true
 }
 
 /// Counts a message that arrived, and one that is not a valid record.
@@ -149,17 +141,10 @@ fn record_received(source: Source, valid: bool) {
 /// Header of a dead-lettered message saying why it was not a valid record.
 pub const DEAD_LETTER_REASON_HEADER: &str = "clima-dead-letter-reason";
 
-/// Retries `attempt` with backoff until it succeeds (true) or shutdown (false).
-async fn retry_until_done<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
-    what: &str,
-    shutdown: &CancellationToken,
-    attempt: impl FnMut() -> F,
-) -> bool {
-    connect_until_ready(what, shutdown, attempt).await.is_some()
-}
-
-/// Retries a broker connection step with backoff until it works or shutdown.
-async fn connect_until_ready<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+/// Retries `attempt` with backoff (up to 5 s apart, without limit) until it
+/// succeeds, or returns `None` on shutdown: connecting, store writes and dead
+/// letters all wait out a broken peer this way instead of giving up.
+async fn retry_until_ok<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
     what: &str,
     shutdown: &CancellationToken,
     attempt: impl FnMut() -> F,

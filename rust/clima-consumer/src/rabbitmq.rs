@@ -16,7 +16,7 @@ use lapin::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, connect_until_ready, count_until_stored,
+    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, retry_until_ok, count_until_stored,
     process_span, record_received,
 };
 
@@ -57,7 +57,7 @@ pub async fn run(
 ) -> Result<(), ConsumerError> {
     while !shutdown.is_cancelled() {
         let Some((_connection, channels, consumer)) =
-            connect_until_ready("connecting to rabbitmq", &shutdown, || subscribe(broker, source)).await
+            retry_until_ok("connecting to rabbitmq", &shutdown, || subscribe(broker, source)).await
         else {
             break;
         };
