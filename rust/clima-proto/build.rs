@@ -28,8 +28,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".google.protobuf", "::pbjson_types")
         .compile_fds(descriptors)?;
 
-    pbjson_build::Builder::new()
-        .register_descriptors(&descriptor_bytes)?
-        .build(&[".clima"])?;
+    pbjson_build::Builder::new().register_descriptors(&descriptor_bytes)?.build(&[".clima"])?;
     Ok(())
 }

@@ -23,7 +23,12 @@ pub struct ApiConfig {
     pub writer_tls_cert: Option<PathBuf>,
 
     /// PEM private key of --writer-tls-cert.
-    #[arg(id = "writer_tls_key", long = "writer-tls-key", env = "CLIMA_WRITER_TLS_CLIENT_KEY", requires = "writer_tls_cert")]
+    #[arg(
+        id = "writer_tls_key",
+        long = "writer-tls-key",
+        env = "CLIMA_WRITER_TLS_CLIENT_KEY",
+        requires = "writer_tls_cert"
+    )]
     pub writer_tls_key: Option<PathBuf>,
 
     /// How long a writer may take to confirm before the request fails with 503.

@@ -108,12 +108,13 @@ fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
-        ApiError::InvalidJson { field: (path != "." && path != "?").then_some(path), message: error.into_inner().to_string() }
+        ApiError::InvalidJson {
+            field: (path != "." && path != "?").then_some(path),
+            message: error.into_inner().to_string(),
+        }
     })?;
     // Trailing data after the JSON value is an error too.
-    deserializer
-        .end()
-        .map_err(|error| ApiError::InvalidJson { field: None, message: error.to_string() })?;
+    deserializer.end().map_err(|error| ApiError::InvalidJson { field: None, message: error.to_string() })?;
     Ok(value)
 }
 
@@ -127,7 +128,9 @@ const IDEMPOTENT_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6c1b_2f9e_4d
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
     match value.to_str() {
-        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(key.to_owned())),
+        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key.to_owned()))
+        }
         _ => Err(ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into())),
     }
 }

@@ -14,7 +14,11 @@ mod writers;
 
 use std::{convert::Infallible, future::Future, sync::Arc};
 
-use axum::{Router, extract::DefaultBodyLimit, routing::{get, post}};
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    routing::{get, post},
+};
 use tokio::net::TcpListener;
 
 pub use config::ApiConfig;

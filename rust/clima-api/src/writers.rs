@@ -1,9 +1,7 @@
 use std::time::{Duration, Instant};
 
 use clima_proto::v1::{
-    PublishRequest, TweetRecord,
-    writer_service_client::WriterServiceClient,
-    writer_service_server::SERVICE_NAME,
+    PublishRequest, TweetRecord, writer_service_client::WriterServiceClient, writer_service_server::SERVICE_NAME,
 };
 use clima_telemetry::propagation::{self, MetadataInjector};
 use futures::future::join_all;
@@ -53,7 +51,8 @@ impl Writer {
         if code != tonic::Code::Ok {
             span.record("otel.status_code", "ERROR");
         }
-        let labels = [("method", "Publish".to_owned()), ("target", self.endpoint.clone()), ("code", format!("{code:?}"))];
+        let labels =
+            [("method", "Publish".to_owned()), ("target", self.endpoint.clone()), ("code", format!("{code:?}"))];
         metrics::counter!("grpc_client_requests_total", &labels).increment(1);
         metrics::histogram!("grpc_client_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
         result.map(drop).map_err(|status| (self.endpoint.as_str(), status))
@@ -111,7 +110,10 @@ impl Writers {
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(ApiError::Unavailable(format!("not every writer confirmed; retry the request ({})", failures.join("; "))))
+            Err(ApiError::Unavailable(format!(
+                "not every writer confirmed; retry the request ({})",
+                failures.join("; ")
+            )))
         }
     }
 

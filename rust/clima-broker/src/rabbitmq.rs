@@ -22,7 +22,14 @@ pub enum QueueType {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RabbitMqArgs {
     /// AMQP 0.9.1 URL of RabbitMQ (credentials included; guest/guest is for local development only).
-    #[arg(id = "amqp_url", long = "amqp-url", value_name = "URL", env = "CLIMA_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_default_value = true)]
+    #[arg(
+        id = "amqp_url",
+        long = "amqp-url",
+        value_name = "URL",
+        env = "CLIMA_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_default_value = true
+    )]
     pub url: String,
 
     /// Exchange tweets are published to.
@@ -57,9 +64,7 @@ impl RabbitMqArgs {
             QueueType::Classic => "classic",
         };
         arguments.insert("x-queue-type".into(), AMQPValue::LongString(queue_type.into()));
-        channel
-            .queue_declare(self.queue.as_str().into(), QueueDeclareOptions::durable(), arguments)
-            .await?;
+        channel.queue_declare(self.queue.as_str().into(), QueueDeclareOptions::durable(), arguments).await?;
         channel
             .queue_bind(
                 self.queue.as_str().into(),

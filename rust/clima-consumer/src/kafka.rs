@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
 use crate::{
-    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, retry_until_ok, count_until_stored,
-    process_span, record_received,
+    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored, process_span, record_received,
+    retry_until_ok,
 };
 
 #[derive(Debug, Clone, clap::Args)]

@@ -22,7 +22,13 @@ use tracing::Span;
 #[derive(Debug, Clone, clap::Args)]
 pub struct BatchConfig {
     /// Most tweets counted in one store round trip.
-    #[arg(id = "batch_size", long = "batch-size", value_name = "TWEETS", env = "CLIMA_CONSUMER_BATCH_SIZE", default_value_t = 500)]
+    #[arg(
+        id = "batch_size",
+        long = "batch-size",
+        value_name = "TWEETS",
+        env = "CLIMA_CONSUMER_BATCH_SIZE",
+        default_value_t = 500
+    )]
     pub max_records: usize,
 
     /// How long to wait for more messages once a batch has its first one.
@@ -121,7 +127,8 @@ async fn count_until_stored(
         counted
     };
     let Some(new) = retry_until_ok("store write", shutdown, count).await else { return false };
-    metrics::histogram!("clima_store_write_duration_seconds", "store" => system).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("clima_store_write_duration_seconds", "store" => system)
+        .record(started.elapsed().as_secs_f64());
     let source = source.label();
     metrics::counter!("clima_counted_tweets_total", "source" => source, "store" => system).increment(new);
     metrics::counter!("clima_duplicate_tweets_total", "source" => source, "store" => system)

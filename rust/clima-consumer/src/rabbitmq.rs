@@ -10,14 +10,17 @@ use futures::StreamExt;
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        QueueDeclareOptions,
+    },
     types::{AMQPValue, FieldTable},
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, retry_until_ok, count_until_stored,
-    process_span, record_received,
+    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored, process_span, record_received,
+    retry_until_ok,
 };
 
 /// Where invalid messages of `queue` go: the durable queue `<queue>.dead`.
@@ -151,7 +154,11 @@ async fn consume(
 /// Not a clima record: retrying would fail again, so it moves to the dead-letter
 /// queue (with the reason in a header) and is acked, and never blocks the queue.
 /// It is acked only after RabbitMQ confirmed the dead letter.
-async fn dead_letter(channels: &Channels, delivery: &Delivery, error: &envelope::EnvelopeError) -> Result<(), ConsumerError> {
+async fn dead_letter(
+    channels: &Channels,
+    delivery: &Delivery,
+    error: &envelope::EnvelopeError,
+) -> Result<(), ConsumerError> {
     tracing::warn!(%error, delivery_tag = delivery.delivery_tag, "invalid message; dead-lettering it");
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(DEAD_LETTER_REASON_HEADER.into(), AMQPValue::LongString(error.to_string().into()));

@@ -2,11 +2,17 @@
 
 use std::time::Duration;
 
-use clima_broker::{kafka::KafkaArgs, rabbitmq::{QueueType, RabbitMqArgs}};
+use clima_broker::{
+    kafka::KafkaArgs,
+    rabbitmq::{QueueType, RabbitMqArgs},
+};
 use clima_proto::v1::{TweetRecord, Weather};
-use clima_store::{Counts, CounterStore, KeySchema, Retention};
+use clima_store::{CounterStore, Counts, KeySchema, Retention};
 use clima_testkit::{amqp_url, kafka_brokers, record, redis_url, unique_name, valkey_url};
-use clima_writer::{Sink, sinks::{KafkaSink, RabbitMqSink, kafka::KafkaSinkConfig, rabbitmq::RabbitMqSinkConfig}};
+use clima_writer::{
+    Sink,
+    sinks::{KafkaSink, RabbitMqSink, kafka::KafkaSinkConfig, rabbitmq::RabbitMqSinkConfig},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{BatchConfig, kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
@@ -106,10 +112,7 @@ async fn kafka_to_redis_counts_once_dead_letters_poison_and_commits() {
 async fn publish_raw_kafka(broker: &KafkaArgs, payload: &[u8]) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = broker.client_config().create().unwrap();
-    producer
-        .send(FutureRecord::<(), _>::to(&broker.topic).payload(payload), Duration::from_secs(10))
-        .await
-        .unwrap();
+    producer.send(FutureRecord::<(), _>::to(&broker.topic).payload(payload), Duration::from_secs(10)).await.unwrap();
 }
 
 #[tokio::test]
@@ -136,7 +139,8 @@ async fn rabbitmq_to_valkey_counts_once_dead_letters_poison_and_acks() {
     let consumer = tokio::spawn({
         let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
         async move {
-            crate::rabbitmq::run(&broker, &RabbitMqSourceConfig::default(), &BatchConfig::default(), &store, shutdown).await
+            crate::rabbitmq::run(&broker, &RabbitMqSourceConfig::default(), &BatchConfig::default(), &store, shutdown)
+                .await
         }
     });
     assert_counts(&counted(&store, 5).await);
@@ -145,14 +149,20 @@ async fn rabbitmq_to_valkey_counts_once_dead_letters_poison_and_acks() {
 
     // The poison message is in the dead-letter queue, with its reason.
     let dead = channel
-        .basic_get(crate::rabbitmq::dead_letter_queue(&broker.queue).as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+        .basic_get(
+            crate::rabbitmq::dead_letter_queue(&broker.queue).as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
         .await
         .unwrap()
         .expect("the poison message was dead-lettered");
     assert_eq!(dead.delivery.data, b"not a protobuf record");
     let headers = dead.delivery.properties.headers().as_ref().unwrap();
     assert!(headers.inner().contains_key(crate::DEAD_LETTER_REASON_HEADER));
-    channel.queue_delete(crate::rabbitmq::dead_letter_queue(&broker.queue).as_str().into(), Default::default()).await.unwrap();
+    channel
+        .queue_delete(crate::rabbitmq::dead_letter_queue(&broker.queue).as_str().into(), Default::default())
+        .await
+        .unwrap();
 
     // Everything was acked (the poison message after it was dead-lettered): the queue is empty.
     let queue = channel

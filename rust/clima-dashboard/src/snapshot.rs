@@ -41,7 +41,11 @@ impl StoreReader {
                 by_country: counts.by_country.into_iter().collect(),
                 by_weather: counts.by_weather.into_iter().collect(),
                 by_country_weather: counts.by_country_weather.into_iter().collect(),
-                per_minute: counts.per_minute.into_iter().map(|(minute, count)| MinuteCount { minute, count }).collect(),
+                per_minute: counts
+                    .per_minute
+                    .into_iter()
+                    .map(|(minute, count)| MinuteCount { minute, count })
+                    .collect(),
             },
             Err(error) => StoreCounts { reachable: false, error: error.to_string(), ..Default::default() },
         }

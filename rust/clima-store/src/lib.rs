@@ -151,14 +151,7 @@ impl CounterStore {
         let mut connection = ConnectionManager::new_with_config(client, config).await.map_err(redis_error)?;
         let info: String = redis::cmd("INFO").arg("server").query_async(&mut connection).await.map_err(redis_error)?;
         let system = if info.contains("valkey_version") { "valkey" } else { "redis" };
-        Ok(Self {
-            url: redact(url),
-            system,
-            connection,
-            keys,
-            retention,
-            count_script: Script::new(COUNT_BATCH_LUA),
-        })
+        Ok(Self { url: redact(url), system, connection, keys, retention, count_script: Script::new(COUNT_BATCH_LUA) })
     }
 
     /// `redis` or `valkey`: which server this is.
@@ -202,9 +195,8 @@ impl CounterStore {
     /// Reads every counter, with the per-minute counts of the last
     /// `recent_minutes` (at least 1) minutes, oldest first, zeros included.
     pub async fn read_counts(&self, recent_minutes: usize) -> Result<Counts, StoreError> {
-        let now_minute = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| (d.as_secs() / 60) as i64);
+        let now_minute =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| (d.as_secs() / 60) as i64);
         // MGET needs at least one key.
         let minutes: Vec<i64> = (0..recent_minutes.max(1) as i64).rev().map(|ago| now_minute - ago).collect();
         let minute_keys: Vec<String> = minutes.iter().map(|m| self.keys.minute(*m)).collect();
@@ -248,13 +240,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-type Reply = (
-    Option<u64>,
-    BTreeMap<String, u64>,
-    BTreeMap<String, u64>,
-    BTreeMap<String, u64>,
-    Vec<Option<u64>>,
-);
+type Reply = (Option<u64>, BTreeMap<String, u64>, BTreeMap<String, u64>, BTreeMap<String, u64>, Vec<Option<u64>>);
 
 /// Every counter of one store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

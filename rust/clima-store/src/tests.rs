@@ -86,7 +86,18 @@ async fn a_password_protected_valkey_counts_with_the_password_only() {
     let port_arg = port.to_string();
     let _valkey = ServerProcess::start(
         &valkey_server_binary(),
-        &args(&["--port", &port_arg, "--bind", "127.0.0.1", "--requirepass", "s3cret", "--save", "", "--appendonly", "no"]),
+        &args(&[
+            "--port",
+            &port_arg,
+            "--bind",
+            "127.0.0.1",
+            "--requirepass",
+            "s3cret",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]),
         port,
     );
     let keys = KeySchema::new(unique_name("auth"));
@@ -115,10 +126,26 @@ async fn a_tls_redis_counts_over_rediss_verified_against_our_ca() {
     let _redis = ServerProcess::start(
         "redis-server",
         &args(&[
-            "--port", "0", "--tls-port", &port_arg, "--bind", "127.0.0.1",
-            "--tls-cert-file", &path("server.pem"), "--tls-key-file", &path("server.key"),
-            "--tls-ca-cert-file", &path("ca.pem"), "--tls-auth-clients", "no",
-            "--requirepass", "s3cret", "--save", "", "--appendonly", "no",
+            "--port",
+            "0",
+            "--tls-port",
+            &port_arg,
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            &path("server.pem"),
+            "--tls-key-file",
+            &path("server.key"),
+            "--tls-ca-cert-file",
+            &path("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "s3cret",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
         ]),
         port,
     );
@@ -132,7 +159,9 @@ async fn a_tls_redis_counts_over_rediss_verified_against_our_ca() {
     // Not trusting our CA (system roots only), or plain text to the TLS port: refused.
     assert!(CounterStore::connect(&url, keys.clone(), Retention::default()).await.is_err());
     let plain = format!("redis://:s3cret@127.0.0.1:{port}");
-    assert!(tokio::time::timeout(Duration::from_secs(10), CounterStore::connect(&plain, keys, Retention::default()))
-        .await
-        .map_or(true, |connected| connected.is_err()));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), CounterStore::connect(&plain, keys, Retention::default()))
+            .await
+            .map_or(true, |connected| connected.is_err())
+    );
 }

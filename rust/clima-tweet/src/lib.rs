@@ -53,11 +53,8 @@ impl TweetError {
 /// `Nublado`), description unchanged.
 pub fn validate_input(input: TweetInput) -> Result<Tweet, TweetError> {
     let weather = parse_weather(&input.weather).ok_or_else(|| TweetError::UnknownWeather(input.weather.clone()))?;
-    let tweet = Tweet {
-        description: input.description,
-        country: canonical_country(&input.country)?,
-        weather: weather as i32,
-    };
+    let tweet =
+        Tweet { description: input.description, country: canonical_country(&input.country)?, weather: weather as i32 };
     check_description(&tweet.description)?;
     Ok(tweet)
 }

@@ -64,7 +64,11 @@ fn record() -> TweetRecord {
     TweetRecord {
         id: "0192e4a0-7c1e-7cc3-9a51-3f1d2b4c5d6e".into(),
         received_at: Some(Timestamp { seconds: 1_700_000_000, nanos: 5 }),
-        tweet: Some(Tweet { description: "Soleado hoy".into(), country: "MX".into(), weather: Weather::Soleado as i32 }),
+        tweet: Some(Tweet {
+            description: "Soleado hoy".into(),
+            country: "MX".into(),
+            weather: Weather::Soleado as i32,
+        }),
     }
 }
 
@@ -86,7 +90,8 @@ fn json_mapping_comes_from_the_proto() {
         serde_json::from_str(r#"{"description":"Está lloviendo","country":"GT","weather":"Lluvioso"}"#).unwrap();
     assert_eq!(parsed, input("Está lloviendo", "GT", "Lluvioso"));
 
-    let unknown = serde_json::from_str::<TweetInput>(r#"{"description":"x","country":"GT","weather":"Soleado","wheather":1}"#);
+    let unknown =
+        serde_json::from_str::<TweetInput>(r#"{"description":"x","country":"GT","weather":"Soleado","wheather":1}"#);
     assert!(unknown.unwrap_err().to_string().contains("wheather"));
 
     let wrong_type = serde_json::from_str::<TweetInput>(r#"{"description":"x","country":7,"weather":"Soleado"}"#);

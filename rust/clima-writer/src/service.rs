@@ -41,7 +41,8 @@ impl<S: Sink> Writer<S> {
         let broker = self.sink.name();
         let started = Instant::now();
         let published = self.sink.publish(&records).await;
-        metrics::histogram!("clima_publish_duration_seconds", "broker" => broker).record(started.elapsed().as_secs_f64());
+        metrics::histogram!("clima_publish_duration_seconds", "broker" => broker)
+            .record(started.elapsed().as_secs_f64());
         if let Err(error) = published {
             metrics::counter!("clima_publish_failures_total", "broker" => broker).increment(1);
             tracing::warn!(broker, %error, records = records.len(), "publish failed");

@@ -107,10 +107,7 @@ fn tracer_provider(service_name: &str) -> anyhow::Result<Option<SdkTracerProvide
         resource = resource.with_service_name(service_name.to_owned());
     }
     let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build().context("OTLP exporter")?;
-    let provider = SdkTracerProvider::builder()
-        .with_resource(resource.build())
-        .with_batch_exporter(exporter)
-        .build();
+    let provider = SdkTracerProvider::builder().with_resource(resource.build()).with_batch_exporter(exporter).build();
     global::set_tracer_provider(provider.clone());
     Ok(Some(provider))
 }
@@ -125,7 +122,8 @@ pub async fn serve_admin(listen: SocketAddr, shutdown: &CancellationToken) -> an
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding the admin server to {listen}"))?;
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
-        if let Err(error) = clima_telemetry::admin::serve(listener, metrics, async move { shutdown.cancelled().await }).await
+        if let Err(error) =
+            clima_telemetry::admin::serve(listener, metrics, async move { shutdown.cancelled().await }).await
         {
             tracing::error!(%error, "admin server failed");
         }

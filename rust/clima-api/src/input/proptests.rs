@@ -29,7 +29,8 @@ fn json_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(4, 32, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::btree_map("[a-z]{1,12}", inner, 0..6).prop_map(|map| Value::Object(map.into_iter().collect())),
+            prop::collection::btree_map("[a-z]{1,12}", inner, 0..6)
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
         ]
     })
 }
@@ -38,8 +39,9 @@ const COUNTRIES: &[&str] = &["GT", "mx", "Us", "ca", "BR", "ar", "CO", "pe", "CL
 const WEATHERS: &[&str] = &["Lluvioso", "nublado", "NUBLOSO", "Soleado", "sOlEaDo", "lluvioso"];
 
 fn valid_tweet() -> impl Strategy<Value = Value> {
-    (prop::sample::select(COUNTRIES), prop::sample::select(WEATHERS), "[^\\s]{1}.{0,278}")
-        .prop_map(|(country, weather, description)| json!({"description": description, "country": country, "weather": weather}))
+    (prop::sample::select(COUNTRIES), prop::sample::select(WEATHERS), "[^\\s]{1}.{0,278}").prop_map(
+        |(country, weather, description)| json!({"description": description, "country": country, "weather": weather}),
+    )
 }
 
 proptest! {

@@ -31,7 +31,9 @@ fn one_object_or_an_array() {
 
 #[test]
 fn json_errors_name_the_path() {
-    let (field, message) = json_error(r#"[{"description":"a","country":"GT","weather":"Soleado"},{"description":"b","country":5,"weather":"Soleado"}]"#);
+    let (field, message) = json_error(
+        r#"[{"description":"a","country":"GT","weather":"Soleado"},{"description":"b","country":5,"weather":"Soleado"}]"#,
+    );
     assert_eq!(field.as_deref(), Some("[1].country"));
     assert!(message.contains("string"), "{message}");
 

@@ -137,7 +137,14 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         let redis = redis_after.since(&redis_before);
         let valkey = valkey_after.since(&valkey_before);
         println!("\nThis run's tweets, as counted:");
-        print!("{}", side_by_side(&[("accepted (202)", &total.accepted), ("Redis (Kafka)", &redis), ("Valkey (RabbitMQ)", &valkey)]));
+        print!(
+            "{}",
+            side_by_side(&[
+                ("accepted (202)", &total.accepted),
+                ("Redis (Kafka)", &redis),
+                ("Valkey (RabbitMQ)", &valkey)
+            ])
+        );
         if redis != total.accepted || valkey != total.accepted {
             bail!("the stores' counts differ from the accepted tweets (see the table above)");
         }

@@ -24,8 +24,9 @@ impl StoresArgs {
         let redis = CounterStore::connect(&self.redis_url, keys.clone(), Retention::default())
             .await
             .context("connecting to Redis")?;
-        let valkey =
-            CounterStore::connect(&self.valkey_url, keys, Retention::default()).await.context("connecting to Valkey")?;
+        let valkey = CounterStore::connect(&self.valkey_url, keys, Retention::default())
+            .await
+            .context("connecting to Valkey")?;
         Ok((redis, valkey))
     }
 }

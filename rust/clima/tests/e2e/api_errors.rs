@@ -28,10 +28,16 @@ async fn bad_requests_get_json_errors_that_name_the_problem() {
     assert_eq!(status, 413);
 
     let (status, answer) = stack.post_input(r#"[{"description":"a","country":"GT","weather":"Soleado"},{"description":"b","country":"GTM","weather":"Soleado"}]"#).await;
-    assert_eq!((status, answer["error"].as_str(), answer["field"].as_str()), (422, Some("invalid_tweet"), Some("[1].country")));
+    assert_eq!(
+        (status, answer["error"].as_str(), answer["field"].as_str()),
+        (422, Some("invalid_tweet"), Some("[1].country"))
+    );
 
     let (status, answer) = stack.post_input(r#"{"description":"a","country":["GT"],"weather":"Soleado"}"#).await;
-    assert_eq!((status, answer["error"].as_str(), answer["field"].as_str()), (400, Some("invalid_json"), Some("country")));
+    assert_eq!(
+        (status, answer["error"].as_str(), answer["field"].as_str()),
+        (400, Some("invalid_json"), Some("country"))
+    );
 
     let invalid_utf8 = client
         .post(&url)
@@ -82,13 +88,19 @@ async fn a_stalled_upload_times_out_and_excess_requests_are_shed() {
     let config = ApiConfig {
         max_concurrent_requests: 1,
         request_timeout: Duration::from_millis(800),
-        ..ApiConfig::with_writers(vec![format!("http://{}", stack.kafka_writer), format!("http://{}", stack.rabbitmq_writer)])
+        ..ApiConfig::with_writers(vec![
+            format!("http://{}", stack.kafka_writer),
+            format!("http://{}", stack.rabbitmq_writer),
+        ])
     };
     tokio::spawn(clima_api::serve(listener, config, std::future::pending()));
 
     // A client that promises a body and sends only half of it holds the only slot.
     let mut stalled = tokio::net::TcpStream::connect(api).await.unwrap();
-    let head = format!("POST /input HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", TWEET.len());
+    let head = format!(
+        "POST /input HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        TWEET.len()
+    );
     stalled.write_all(head.as_bytes()).await.unwrap();
     stalled.write_all(&TWEET.as_bytes()[..10]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -115,7 +127,10 @@ async fn an_api_key_from_a_file_guards_input_but_not_the_probes() {
     let api = listener.local_addr().unwrap();
     let config = ApiConfig {
         api_key_file: Some(key_file.clone()),
-        ..ApiConfig::with_writers(vec![format!("http://{}", stack.kafka_writer), format!("http://{}", stack.rabbitmq_writer)])
+        ..ApiConfig::with_writers(vec![
+            format!("http://{}", stack.kafka_writer),
+            format!("http://{}", stack.rabbitmq_writer),
+        ])
     };
     tokio::spawn(clima_api::serve(listener, config, std::future::pending()));
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -43,9 +43,11 @@ fn artifacts_dir() -> PathBuf {
 /// Every number a store holds, named as the page names them.
 fn expected_stats(store: &str, counts: &Counts) -> BTreeMap<String, u64> {
     let mut stats = BTreeMap::from([(format!("{store}.total"), counts.total)]);
-    for (section, map) in
-        [("country", &counts.by_country), ("weather", &counts.by_weather), ("country_weather", &counts.by_country_weather)]
-    {
+    for (section, map) in [
+        ("country", &counts.by_country),
+        ("weather", &counts.by_weather),
+        ("country_weather", &counts.by_country_weather),
+    ] {
         stats.extend(map.iter().map(|(key, count)| (format!("{store}.{section}.{key}"), *count)));
     }
     stats
@@ -84,7 +86,8 @@ async fn stats_service_and_event_stream_serve_the_same_numbers() {
     let redis = stack.redis.read_counts(1).await.unwrap();
 
     let mut client = StatsServiceClient::connect(format!("http://{address}")).await.unwrap();
-    let snapshot = client.get_stats(GetStatsRequest { recent_minutes: 3 }).await.unwrap().into_inner().snapshot.unwrap();
+    let snapshot =
+        client.get_stats(GetStatsRequest { recent_minutes: 3 }).await.unwrap().into_inner().snapshot.unwrap();
     let from_redis = snapshot.redis.unwrap();
     assert!(from_redis.reachable);
     assert_eq!(from_redis.system, "redis");

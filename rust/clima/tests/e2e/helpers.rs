@@ -55,8 +55,12 @@ impl TestStack {
             replication_factor: 1,
             options: Vec::new(),
         };
-        let rabbitmq =
-            RabbitMqArgs { url: amqp_url(), exchange: name.clone(), queue: name.clone(), queue_type: QueueType::Quorum };
+        let rabbitmq = RabbitMqArgs {
+            url: amqp_url(),
+            exchange: name.clone(),
+            queue: name.clone(),
+            queue_type: QueueType::Quorum,
+        };
         let keys = KeySchema::new(name.clone());
         let redis = CounterStore::connect(&redis_url(), keys.clone(), Retention::default()).await.unwrap();
         let valkey = CounterStore::connect(&valkey_url(), keys, Retention::default()).await.unwrap();
@@ -87,7 +91,8 @@ impl TestStack {
         });
 
         let (api_listener, api) = listener().await;
-        let config = ApiConfig::with_writers(vec![format!("http://{kafka_writer}"), format!("http://{rabbitmq_writer}")]);
+        let config =
+            ApiConfig::with_writers(vec![format!("http://{kafka_writer}"), format!("http://{rabbitmq_writer}")]);
         tokio::spawn(clima_api::serve(api_listener, config, stopped(&shutdown)));
 
         let stack = Self {
@@ -137,13 +142,8 @@ impl TestStack {
 }
 
 pub async fn post_json(client: &reqwest::Client, url: &str, body: &str) -> (u16, Value) {
-    let response = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
+    let response =
+        client.post(url).header("content-type", "application/json").body(body.to_owned()).send().await.unwrap();
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("answer is not JSON: {text}")))

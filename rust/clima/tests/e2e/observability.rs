@@ -42,12 +42,14 @@ async fn one_trace_follows_a_tweet_from_the_http_request_into_redis_and_valkey()
     assert_eq!(response.status().as_u16(), 202);
     stack.wait_counted(1).await;
 
-    let trace_id: Vec<u8> = (0..TRACE_ID.len()).step_by(2).map(|i| u8::from_str_radix(&TRACE_ID[i..i + 2], 16).unwrap()).collect();
+    let trace_id: Vec<u8> =
+        (0..TRACE_ID.len()).step_by(2).map(|i| u8::from_str_radix(&TRACE_ID[i..i + 2], 16).unwrap()).collect();
     let is_store_write = |span: &Span, system: &str| string_attribute(span, "db.system").as_deref() == Some(system);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let spans = loop {
         let spans = stack.collector.spans_of_trace(&trace_id);
-        let complete = ["redis", "valkey"].iter().all(|system| spans.iter().any(|(_, span)| is_store_write(span, system)));
+        let complete =
+            ["redis", "valkey"].iter().all(|system| spans.iter().any(|(_, span)| is_store_write(span, system)));
         if complete {
             break spans;
         }
@@ -66,7 +68,13 @@ async fn one_trace_follows_a_tweet_from_the_http_request_into_redis_and_valkey()
         found[0]
     };
     let assert_child = |child: &Span, parent: &Span| {
-        assert_eq!(hex(&child.parent_span_id), hex(&parent.span_id), "{} must be a child of {}", child.name, parent.name);
+        assert_eq!(
+            hex(&child.parent_span_id),
+            hex(&parent.span_id),
+            "{} must be a child of {}",
+            child.name,
+            parent.name
+        );
     };
 
     let http = find("clima-api", SpanKind::Server, "POST /input");
@@ -85,7 +93,8 @@ async fn one_trace_follows_a_tweet_from_the_http_request_into_redis_and_valkey()
     for (broker, destination_system, store) in [("kafka", "kafka", "redis"), ("rabbitmq", "rabbitmq", "valkey")] {
         let server = find(&format!("clima-writer-{broker}"), SpanKind::Server, "clima.v1.WriterService/Publish");
         let client_index = clients.iter().position(|client| client.span_id == server.parent_span_id);
-        let client = clients.remove(client_index.unwrap_or_else(|| panic!("{broker} writer span has no client parent")));
+        let client =
+            clients.remove(client_index.unwrap_or_else(|| panic!("{broker} writer span has no client parent")));
         assert_child(server, client);
         assert_eq!(string_attribute(server, "rpc.system").as_deref(), Some("grpc"));
 

@@ -23,7 +23,8 @@ async fn a_known_mix_is_counted_exactly_in_redis_and_in_valkey() {
     // Arrays.
     let array: Vec<_> = (0..50)
         .map(|i| {
-            let (country, weather) = [("US", "Soleado"), ("GT", "Lluvioso"), ("ES", "Nublado"), ("BR", "Lluvioso")][i % 4];
+            let (country, weather) =
+                [("US", "Soleado"), ("GT", "Lluvioso"), ("ES", "Nublado"), ("BR", "Lluvioso")][i % 4];
             expected.add(country, weather);
             json!({"description": format!("reporte {i}"), "country": country, "weather": weather})
         })
@@ -37,7 +38,8 @@ async fn a_known_mix_is_counted_exactly_in_redis_and_in_valkey() {
         json!({"description": "x", "country": "ZZ", "weather": "Soleado"}).to_string(),
         json!({"description": "x", "country": "GT", "weather": "Nevado"}).to_string(),
         json!({"description": "", "country": "GT", "weather": "Soleado"}).to_string(),
-        json!([{"description": "ok", "country": "GT", "weather": "Soleado"}, {"description": "x", "country": "GT"}]).to_string(),
+        json!([{"description": "ok", "country": "GT", "weather": "Soleado"}, {"description": "x", "country": "GT"}])
+            .to_string(),
         r#"{"description": "x", "country": "GT", "weather": "Soleado", "extra": 1}"#.to_owned(),
         r#"[{"description": "ok", "country": "GT", "weather": "Soleado"}, 7]"#.to_owned(),
         "not json".to_owned(),

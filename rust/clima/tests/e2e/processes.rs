@@ -89,7 +89,13 @@ impl ProcessStack {
 
         let (kafka_writer, rabbitmq_writer, api) = (free_port().await, free_port().await, free_port().await);
         let mut admin = Vec::new();
-        for service in ["clima-api", "clima-writer-kafka", "clima-writer-rabbitmq", "clima-consumer-kafka", "clima-consumer-rabbitmq"] {
+        for service in [
+            "clima-api",
+            "clima-writer-kafka",
+            "clima-writer-rabbitmq",
+            "clima-consumer-kafka",
+            "clima-consumer-rabbitmq",
+        ] {
             admin.push((service, free_port().await));
         }
         let admin_of = |service: &str| admin.iter().find(|(name, _)| *name == service).unwrap().1.to_string();
@@ -122,13 +128,43 @@ impl ProcessStack {
                 .unwrap()
         };
         let children = vec![
-            spawn("clima-writer-kafka", args(&["writer", "--sink", "kafka", "--health-interval", "200ms", "--listen", &kafka_writer.to_string()])),
-            spawn("clima-writer-rabbitmq", args(&["writer", "--sink", "rabbitmq", "--health-interval", "200ms", "--listen", &rabbitmq_writer.to_string()])),
+            spawn(
+                "clima-writer-kafka",
+                args(&[
+                    "writer",
+                    "--sink",
+                    "kafka",
+                    "--health-interval",
+                    "200ms",
+                    "--listen",
+                    &kafka_writer.to_string(),
+                ]),
+            ),
+            spawn(
+                "clima-writer-rabbitmq",
+                args(&[
+                    "writer",
+                    "--sink",
+                    "rabbitmq",
+                    "--health-interval",
+                    "200ms",
+                    "--listen",
+                    &rabbitmq_writer.to_string(),
+                ]),
+            ),
             spawn("clima-consumer-kafka", args(&["consumer", "--source", "kafka", "--store-url", &redis_url()])),
             spawn("clima-consumer-rabbitmq", args(&["consumer", "--source", "rabbitmq", "--store-url", &valkey_url()])),
             spawn(
                 "clima-api",
-                args(&["api", "--listen", &api.to_string(), "--writer", &format!("http://{kafka_writer}"), "--writer", &format!("http://{rabbitmq_writer}")]),
+                args(&[
+                    "api",
+                    "--listen",
+                    &api.to_string(),
+                    "--writer",
+                    &format!("http://{kafka_writer}"),
+                    "--writer",
+                    &format!("http://{rabbitmq_writer}"),
+                ]),
             ),
         ];
 
@@ -158,7 +194,11 @@ impl ProcessStack {
                     panic!("a clima process exited with {status}; logs in {}", logs.display());
                 }
             }
-            assert!(tokio::time::Instant::now() < deadline, "clima processes not ready in 60 s; logs in {}", logs.display());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "clima processes not ready in 60 s; logs in {}",
+                logs.display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -166,7 +206,8 @@ impl ProcessStack {
     /// Waits until both stores counted `total` tweets.
     pub async fn wait_counted(&self, total: u64) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while self.redis.read_counts(1).await.unwrap().total < total || self.valkey.read_counts(1).await.unwrap().total < total
+        while self.redis.read_counts(1).await.unwrap().total < total
+            || self.valkey.read_counts(1).await.unwrap().total < total
         {
             assert!(tokio::time::Instant::now() < deadline, "tweets not counted in 60 s");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -195,7 +236,9 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 None => (series, ""),
             };
             let matches = metric_name == name
-                && labels.iter().all(|(key, wanted)| label_text.split(',').any(|pair| pair == format!("{key}=\"{wanted}\"")));
+                && labels
+                    .iter()
+                    .all(|(key, wanted)| label_text.split(',').any(|pair| pair == format!("{key}=\"{wanted}\"")));
             matches.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()

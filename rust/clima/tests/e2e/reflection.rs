@@ -8,7 +8,8 @@ use crate::helpers::TestStack;
 async fn writers_list_their_services_over_reflection_v1_and_v1alpha() {
     let stack = TestStack::spawn().await;
     for writer in [stack.kafka_writer, stack.rabbitmq_writer] {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{writer}")).unwrap().connect().await.unwrap();
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{writer}")).unwrap().connect().await.unwrap();
 
         let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
         let request = v1::ServerReflectionRequest {

@@ -26,8 +26,12 @@ fn writer_and_api_certificates() -> TestPki {
 
 /// A RabbitMQ writer for `stack`'s exchange that requires TLS and client certificates.
 async fn mutual_tls_writer(stack: &TestStack, pki: &TestPki) -> String {
-    let broker =
-        RabbitMqArgs { url: amqp_url(), exchange: stack.name.clone(), queue: stack.name.clone(), queue_type: QueueType::Quorum };
+    let broker = RabbitMqArgs {
+        url: amqp_url(),
+        exchange: stack.name.clone(),
+        queue: stack.name.clone(),
+        queue_type: QueueType::Quorum,
+    };
     let config = ServerConfig {
         tls_cert: Some(pki.path("writer.pem")),
         tls_key: Some(pki.path("writer.key")),
@@ -64,7 +68,8 @@ async fn the_api_reaches_a_writer_over_mutual_tls_and_nothing_else_gets_in() {
     let writer = mutual_tls_writer(&stack, &pki).await;
     let client = reqwest::Client::new();
 
-    let trusted = api(with_client_tls(&writer, &pki.path("ca.pem"), Some((&pki.path("api.pem"), &pki.path("api.key"))))).await;
+    let trusted =
+        api(with_client_tls(&writer, &pki.path("ca.pem"), Some((&pki.path("api.pem"), &pki.path("api.key"))))).await;
     let (status, answer) = post_json(&client, &trusted, TWEET).await;
     assert_eq!(status, 202, "{answer}");
 
@@ -76,7 +81,8 @@ async fn the_api_reaches_a_writer_over_mutual_tls_and_nothing_else_gets_in() {
     assert_eq!(post_json(&client, &plain, TWEET).await.0, 503);
     // A client that does not trust the writer's CA.
     let other = writer_and_api_certificates();
-    let untrusting = api(with_client_tls(&writer, &other.path("ca.pem"), Some((&pki.path("api.pem"), &pki.path("api.key"))))).await;
+    let untrusting =
+        api(with_client_tls(&writer, &other.path("ca.pem"), Some((&pki.path("api.pem"), &pki.path("api.key"))))).await;
     assert_eq!(post_json(&client, &untrusting, TWEET).await.0, 503);
 
     // Only the one tweet that came over mutual TLS was published (to RabbitMQ, so Valkey).

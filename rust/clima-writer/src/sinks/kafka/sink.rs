@@ -68,11 +68,8 @@ impl KafkaSink {
         let mut headers = trace_headers::Inject(headers);
         clima_telemetry::propagation::inject(&span, &mut headers);
         let message = FutureRecord::to(topic).key(key).payload(&payload).headers(headers.0);
-        let delivered = self
-            .producer
-            .send(message, Timeout::After(self.config.delivery_timeout))
-            .instrument(span.clone())
-            .await;
+        let delivered =
+            self.producer.send(message, Timeout::After(self.config.delivery_timeout)).instrument(span.clone()).await;
         match delivered {
             Ok(delivery) => {
                 span.record("messaging.destination.partition.id", delivery.partition);

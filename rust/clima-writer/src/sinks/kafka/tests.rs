@@ -70,4 +70,3 @@ async fn check_creates_the_topic_and_is_idempotent() {
     let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
     assert_eq!(metadata.topics()[0].partitions().len(), 2);
 }
-
