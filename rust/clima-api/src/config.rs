@@ -61,6 +61,17 @@ pub struct ApiConfig {
     /// writers' --max-records.
     #[arg(long = "max-tweets", env = "CLIMA_MAX_TWEETS", default_value_t = 1000)]
     pub max_tweets: usize,
+
+    /// Most tweets in one writer call (one broker message): concurrent
+    /// requests are sent together up to this many; at most the writers'
+    /// --max-records, and never below --max-tweets.
+    #[arg(long = "batch-max-tweets", env = "CLIMA_BATCH_MAX_TWEETS", default_value_t = 1000)]
+    pub batch_max_tweets: usize,
+
+    /// Writer calls in flight at once; while all are busy, new requests wait
+    /// and leave together in the next batch.
+    #[arg(long = "batch-in-flight", env = "CLIMA_BATCH_IN_FLIGHT", default_value_t = 8)]
+    pub batch_in_flight: usize,
 }
 
 impl ApiConfig {
@@ -78,6 +89,8 @@ impl ApiConfig {
             writer_tls_cert: None,
             writer_tls_key: None,
             max_tweets: 1000,
+            batch_max_tweets: 1000,
+            batch_in_flight: 8,
         }
     }
 

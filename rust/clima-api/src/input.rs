@@ -14,7 +14,8 @@ use serde_json::json;
 
 use crate::{ApiError, AppState};
 
-/// `POST /input`: one tweet object or an array of them.
+/// `POST /input`: one tweet object or an array of them; answers with the
+/// accepted tweets' ids.
 pub(crate) async fn post_input(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -22,11 +23,10 @@ pub(crate) async fn post_input(
 ) -> Result<impl IntoResponse, ApiError> {
     let result = accept_input(&state, &headers, body).await;
     match &result {
-        Ok(records) => metrics::counter!("clima_tweets_accepted_total").increment(records.len() as u64),
+        Ok(ids) => metrics::counter!("clima_tweets_accepted_total").increment(ids.len() as u64),
         Err(error) => metrics::counter!("clima_input_errors_total", "error" => error.code()).increment(1),
     }
-    let records = result?;
-    let ids: Vec<&str> = records.iter().map(|record| record.id.as_str()).collect();
+    let ids = result?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": ids.len(), "ids": ids }))))
 }
 
@@ -34,7 +34,7 @@ async fn accept_input(
     state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Vec<TweetRecord>, ApiError> {
+) -> Result<Vec<String>, ApiError> {
     require_json(headers)?;
     let idempotency_key = idempotency_key(headers)?;
     let body = body.map_err(|rejection| match rejection.status() {
@@ -52,10 +52,19 @@ async fn accept_input(
             state.config.max_tweets
         )));
     }
-    let records = accept(inputs, array, idempotency_key.as_deref())?;
-    tracing::Span::current().record("clima.tweets", records.len());
-    state.writers.publish(&records).await?;
-    Ok(records)
+    let mut records = accept(inputs, array, idempotency_key.as_deref())?;
+    let span = tracing::Span::current();
+    span.record("clima.tweets", records.len());
+    // Each tweet carries its request's trace on, through the batch.
+    let trace_context = clima_telemetry::propagation::context_map(&span);
+    if !trace_context.is_empty() {
+        for record in &mut records {
+            record.trace_context.clone_from(&trace_context);
+        }
+    }
+    let ids = records.iter().map(|record| record.id.clone()).collect();
+    state.batcher.publish(records).await?;
+    Ok(ids)
 }
 
 /// `GET /healthz`: the process is alive.
@@ -164,7 +173,12 @@ pub(crate) fn accept(
                 }
                 None => uuid::Uuid::now_v7(),
             };
-            Ok(TweetRecord { id: id.to_string(), received_at: Some(received_at), tweet: Some(tweet) })
+            Ok(TweetRecord {
+                id: id.to_string(),
+                received_at: Some(received_at),
+                tweet: Some(tweet),
+                trace_context: Default::default(),
+            })
         })
         .collect()
 }

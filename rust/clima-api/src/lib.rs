@@ -3,9 +3,11 @@
 //! `POST /input` takes one tweet object or a JSON array of them, decoded
 //! through the proto JSON mapping of `clima.v1.TweetInput` and validated by
 //! `clima-tweet`. Each accepted tweet gets a UUIDv7 id and a received time and
-//! goes to every writer over gRPC; the answer is 202 only after every writer
+//! goes to every writer over gRPC, together with the tweets of other requests
+//! in flight (see [`batcher`]); the answer is 202 only after every writer
 //! confirmed that its broker durably accepted every tweet.
 
+mod batcher;
 mod config;
 mod error;
 mod input;
@@ -28,6 +30,8 @@ pub use writers::Writers;
 #[derive(Clone)]
 struct AppState {
     writers: Arc<Writers>,
+    /// Group commit of concurrent requests into shared writer calls.
+    batcher: Arc<batcher::Batcher>,
     config: Arc<ApiConfig>,
     /// One permit per request in flight (--max-concurrent-requests).
     in_flight: Arc<tokio::sync::Semaphore>,
@@ -35,13 +39,19 @@ struct AppState {
     api_key: Option<Arc<str>>,
 }
 
-/// The HTTP routes, ready to serve.
+/// The HTTP routes, ready to serve. Must be called within a Tokio runtime
+/// (it starts the batcher's task).
 pub fn router(config: ApiConfig) -> Result<Router, ApiError> {
     let writers = Arc::new(Writers::new(&config.writers, config.writer_timeout, config.writer_tls()?)?);
     let body_limit = config.max_body_bytes;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests));
     let api_key = config.resolved_api_key()?.map(Arc::from);
-    let state = AppState { writers, config: Arc::new(config), in_flight, api_key };
+    let batcher = Arc::new(batcher::Batcher::start(
+        Arc::clone(&writers),
+        config.batch_max_tweets.max(config.max_tweets),
+        config.batch_in_flight,
+    ));
+    let state = AppState { writers, batcher, config: Arc::new(config), in_flight, api_key };
     let input = post(input::post_input)
         .layer::<_, Infallible>(axum::middleware::from_fn_with_state(state.clone(), observe::limit))
         .layer::<_, Infallible>(DefaultBodyLimit::max(body_limit));

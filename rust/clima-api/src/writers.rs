@@ -8,7 +8,7 @@ use futures::future::join_all;
 use serde::Serialize;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
-use tracing::{Instrument, field::Empty};
+use tracing::{Instrument, Span, field::Empty};
 
 use crate::ApiError;
 
@@ -28,8 +28,10 @@ struct Writer {
 
 impl Writer {
     /// One `Publish` call: a client span whose context travels in the metadata.
-    async fn publish(&self, records: &[TweetRecord]) -> Result<(), (&str, tonic::Status)> {
+    /// The span is a child of the batch's first request and links to the others.
+    async fn publish(&self, records: &[TweetRecord], requests: &[Span]) -> Result<(), (&str, tonic::Status)> {
         let span = tracing::info_span!(
+            parent: requests.first().and_then(Span::id),
             "grpc.client",
             otel.name = %format_args!("{SERVICE_NAME}/Publish"),
             otel.kind = "client",
@@ -41,6 +43,9 @@ impl Writer {
             server.address = %self.address.0,
             server.port = self.address.1,
         );
+        for other in requests.iter().skip(1) {
+            propagation::add_link(&span, other);
+        }
         let mut request = tonic::Request::new(PublishRequest { records: records.to_vec() });
         propagation::inject(&span, &mut MetadataInjector(request.metadata_mut()));
 
@@ -94,10 +99,11 @@ impl Writers {
         Ok(Self { writers })
     }
 
-    /// Sends the records to every writer at once; `Ok` only if every writer
-    /// confirmed them. The error names each writer that did not.
-    pub async fn publish(&self, records: &[TweetRecord]) -> Result<(), ApiError> {
-        let calls = self.writers.iter().map(|writer| writer.publish(records));
+    /// Sends the records of a batch of requests (whose spans are `requests`)
+    /// to every writer at once; `Ok` only if every writer confirmed them. The
+    /// error names each writer that did not.
+    pub async fn publish(&self, records: &[TweetRecord], requests: &[Span]) -> Result<(), ApiError> {
+        let calls = self.writers.iter().map(|writer| writer.publish(records, requests));
         let failures: Vec<String> = join_all(calls)
             .await
             .into_iter()

@@ -2,21 +2,21 @@
 
 use std::collections::BTreeMap;
 
-use clima_broker::kafka::{KafkaArgs, trace_headers};
+use clima_broker::kafka::KafkaArgs;
 use clima_proto::v1::TweetRecord;
 use clima_store::CounterStore;
 use clima_tweet::envelope;
 use rdkafka::{
     ClientContext, Message, Offset, Statistics, TopicPartitionList,
     consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer},
-    message::{BorrowedMessage, Header, OwnedHeaders},
+    message::{BorrowedMessage, Header, Headers, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
 use crate::{
-    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored, process_span, record_received,
+    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored, process_spans, record_received,
     retry_until_ok,
 };
 
@@ -62,6 +62,8 @@ struct Batch {
 struct Rejected {
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
+    /// The original headers, kept so the dead letter can be inspected as sent.
+    headers: Option<OwnedHeaders>,
     reason: String,
 }
 
@@ -145,7 +147,7 @@ async fn next_batch(consumer: &TweetConsumer, batching: &BatchConfig) -> Batch {
         }
     }
     let deadline = tokio::time::Instant::now() + batching.linger;
-    while batch.records.len() + batch.rejected.len() < batching.max_records {
+    while batch.records.len() < batching.max_records {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Ok(Ok(message)) => add(&mut batch, &message),
             Ok(Err(error)) => {
@@ -159,22 +161,26 @@ async fn next_batch(consumer: &TweetConsumer, batching: &BatchConfig) -> Batch {
 }
 
 fn add(batch: &mut Batch, message: &BorrowedMessage<'_>) {
-    let decoded = envelope::decode(message.payload().unwrap_or_default());
-    record_received(Source::Kafka, decoded.is_ok());
+    let content_type = message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|header| header.key == envelope::HEADER_CONTENT_TYPE)?
+            .value
+            .and_then(|v| std::str::from_utf8(v).ok())
+    });
+    let decoded = envelope::decode(content_type, message.payload().unwrap_or_default());
+    record_received(Source::Kafka, decoded.as_ref().ok().map(Vec::len));
     match decoded {
-        Ok(record) => {
-            let span = process_span("kafka", message.topic(), &record.id);
-            if let Some(headers) = message.headers() {
-                clima_telemetry::propagation::set_parent(&span, &trace_headers::Extract(headers));
-            }
-            batch.records.push(record);
-            batch.spans.push(span);
+        Ok(records) => {
+            batch.spans.extend(process_spans("kafka", message.topic(), &records));
+            batch.records.extend(records);
         }
         Err(error) => {
             tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "invalid message; dead-lettering it");
             batch.rejected.push(Rejected {
                 key: message.key().map(<[u8]>::to_vec),
                 payload: message.payload().unwrap_or_default().to_vec(),
+                headers: message.headers().map(|headers| headers.detach()),
                 reason: error.to_string(),
             });
         }
@@ -192,7 +198,10 @@ async fn dead_letter(
 ) -> bool {
     for message in rejected {
         let send = || async {
-            let headers = OwnedHeaders::new()
+            let headers = message
+                .headers
+                .clone()
+                .unwrap_or_else(OwnedHeaders::new)
                 .insert(Header { key: DEAD_LETTER_REASON_HEADER, value: Some(message.reason.as_str()) });
             let mut record = FutureRecord::to(topic).payload(&message.payload).headers(headers);
             if let Some(key) = &message.key {

@@ -21,7 +21,8 @@ use tracing::Span;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BatchConfig {
-    /// Most tweets counted in one store round trip.
+    /// Most tweets counted in one store round trip (a message's tweets are
+    /// never split, so a batch may exceed it by one message).
     #[arg(
         id = "batch_size",
         long = "batch-size",
@@ -72,20 +73,30 @@ impl Source {
     }
 }
 
-/// The process span of one received message: a child of the span that
-/// published it (its context came in the message headers), so every tweet's
-/// trace runs from the HTTP request to its store write.
-pub(crate) fn process_span(system: &'static str, destination: &str, message_id: &str) -> Span {
-    tracing::info_span!(
-        "messaging.process",
-        otel.name = %format_args!("process {destination}"),
-        otel.kind = "consumer",
-        messaging.system = system,
-        messaging.destination.name = %destination,
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.message.id = %message_id,
-    )
+/// The process spans of the tweets of one received message: one per traced
+/// record, a child of the creation span the writer left in the record, so every
+/// tweet's trace runs from its HTTP request to its store write. Untraced
+/// records (tracing off upstream) get none and cost nothing.
+pub(crate) fn process_spans(system: &'static str, destination: &str, records: &[TweetRecord]) -> Vec<Span> {
+    records
+        .iter()
+        .filter(|record| !record.trace_context.is_empty())
+        .map(|record| {
+            let span = tracing::info_span!(
+                parent: None,
+                "messaging.process",
+                otel.name = %format_args!("process {destination}"),
+                otel.kind = "consumer",
+                messaging.system = system,
+                messaging.destination.name = %destination,
+                messaging.operation.type = "process",
+                messaging.operation.name = "process",
+                messaging.message.id = %record.id,
+            );
+            clima_telemetry::propagation::set_parent(&span, &record.trace_context);
+            span
+        })
+        .collect()
 }
 
 /// Counts a batch, retrying the store until it succeeds: a batch is never
@@ -137,10 +148,12 @@ async fn count_until_stored(
     true
 }
 
-/// Counts a message that arrived, and one that is not a valid record.
-fn record_received(source: Source, valid: bool) {
+/// Counts a message that arrived (with its tweets), and one that is not a valid batch.
+fn record_received(source: Source, tweets: Option<usize>) {
     metrics::counter!("clima_consumed_messages_total", "source" => source.label()).increment(1);
-    if !valid {
+    if let Some(tweets) = tweets {
+        metrics::counter!("clima_consumed_tweets_total", "source" => source.label()).increment(tweets as u64);
+    } else {
         metrics::counter!("clima_rejected_messages_total", "source" => source.label()).increment(1);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use clima_broker::rabbitmq::{RabbitMqArgs, trace_headers};
+use clima_broker::rabbitmq::RabbitMqArgs;
 use clima_store::CounterStore;
 use clima_tweet::envelope;
 use futures::StreamExt;
@@ -19,7 +19,7 @@ use lapin::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored, process_span, record_received,
+    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored, process_spans, record_received,
     retry_until_ok,
 };
 
@@ -38,14 +38,14 @@ struct Channels {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RabbitMqSourceConfig {
     /// Unacknowledged messages RabbitMQ may push to this consumer (basic.qos);
-    /// bounds its memory. At least the batch size.
-    #[arg(long = "rabbitmq-prefetch", env = "CLIMA_RABBITMQ_PREFETCH", default_value_t = 1000)]
+    /// bounds its memory. Each message is a batch of up to the writer's --max-records tweets.
+    #[arg(long = "rabbitmq-prefetch", env = "CLIMA_RABBITMQ_PREFETCH", default_value_t = 64)]
     pub prefetch: u16,
 }
 
 impl Default for RabbitMqSourceConfig {
     fn default() -> Self {
-        Self { prefetch: 1000 }
+        Self { prefetch: 64 }
     }
 }
 
@@ -115,30 +115,29 @@ async fn consume(
         let Some(first) = first else {
             return Err(ConsumerError::StreamEnded);
         };
-        let mut deliveries = vec![first?];
-        let deadline = tokio::time::Instant::now() + batching.linger;
-        while deliveries.len() < batching.max_records {
-            match tokio::time::timeout_at(deadline, consumer.next()).await {
-                Ok(Some(delivery)) => deliveries.push(delivery?),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        let mut records = Vec::with_capacity(deliveries.len());
-        let mut spans = Vec::with_capacity(deliveries.len());
+        let mut records = Vec::new();
+        let mut spans = Vec::new();
         let mut last_valid_tag = None;
-        for delivery in &deliveries {
-            let decoded = envelope::decode(&delivery.data);
-            record_received(Source::RabbitMq, decoded.is_ok());
+        let mut delivery = first?;
+        let deadline = tokio::time::Instant::now() + batching.linger;
+        loop {
+            let content_type = delivery.properties.content_type().as_ref().map(|t| t.as_str());
+            let decoded = envelope::decode(content_type, &delivery.data);
+            record_received(Source::RabbitMq, decoded.as_ref().ok().map(Vec::len));
             match decoded {
-                Ok(record) => {
-                    let span = process_span("rabbitmq", delivery.exchange.as_str(), &record.id);
-                    let headers = delivery.properties.headers().as_ref();
-                    clima_telemetry::propagation::set_parent(&span, &trace_headers::Extract(headers));
-                    records.push(record);
-                    spans.push(span);
+                Ok(decoded) => {
+                    spans.extend(process_spans("rabbitmq", delivery.exchange.as_str(), &decoded));
+                    records.extend(decoded);
                     last_valid_tag = Some(delivery.delivery_tag);
                 }
-                Err(error) => dead_letter(channels, delivery, &error).await?,
+                Err(error) => dead_letter(channels, &delivery, &error).await?,
+            }
+            if records.len() >= batching.max_records {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(next)) => delivery = next?,
+                Ok(None) | Err(_) => break,
             }
         }
         if !count_until_stored(store, &records, &spans, Source::RabbitMq, shutdown).await {

@@ -98,7 +98,7 @@ async fn kafka_to_redis_counts_once_dead_letters_poison_and_commits() {
     use rdkafka::{Message, message::Headers};
     assert_eq!(dead.payload(), Some(&b"not a protobuf record"[..]));
     let reason = dead.headers().unwrap().iter().find(|h| h.key == crate::DEAD_LETTER_REASON_HEADER).unwrap();
-    assert!(String::from_utf8_lossy(reason.value.unwrap()).contains("not a clima.v1.TweetRecord"));
+    assert!(String::from_utf8_lossy(reason.value.unwrap()).contains("not a clima.v1.TweetBatch"));
 
     let counts = counted(&second_store, 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -220,6 +220,13 @@ impl CounterStore {
         })
     }
 
+    /// The total counter alone: one GET, cheap enough to poll often.
+    pub async fn read_total(&self) -> Result<u64, StoreError> {
+        let mut connection = self.connection.clone();
+        let total: Option<u64> = connection.get(self.keys.total()).await.map_err(|e| self.error(e))?;
+        Ok(total.unwrap_or(0))
+    }
+
     /// Whether the store answers (for readiness checks).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone();

@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+
 use opentelemetry::propagation::{Extractor, Injector};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -45,5 +47,33 @@ impl Extractor for MetadataExtractor<'_> {
                 tonic::metadata::KeyRef::Binary(_) => None,
             })
             .collect()
+    }
+}
+
+/// `span`'s trace context as a `TweetRecord.trace_context` map; empty when
+/// tracing is off, so records carry nothing then.
+pub fn context_map(span: &tracing::Span) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    inject(span, &mut map);
+    map
+}
+
+/// Links `span` to `other` (an OpenTelemetry span link): how a span that serves
+/// many traces at once, such as a batch, points at each of them.
+pub fn add_link(span: &tracing::Span, other: &tracing::Span) {
+    link_context(span, &other.context());
+}
+
+/// Links `span` to the trace context found in `carrier`, if any.
+pub fn add_link_from(span: &tracing::Span, carrier: &dyn Extractor) {
+    let linked = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(carrier));
+    link_context(span, &linked);
+}
+
+fn link_context(span: &tracing::Span, context: &opentelemetry::Context) {
+    use opentelemetry::trace::TraceContextExt;
+    let linked = context.span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
     }
 }

@@ -46,6 +46,7 @@ pub fn record(country: &str, weather: Weather) -> TweetRecord {
             country: country.to_owned(),
             weather: weather as i32,
         }),
+        trace_context: Default::default(),
     }
 }
 

@@ -1,37 +1,74 @@
-//! How a [`TweetRecord`] travels on Kafka and RabbitMQ: the binary protobuf
-//! encoding of `clima.v1.TweetRecord` as the message body, plus headers that
-//! let any consumer (not only clima's) route and dedupe without decoding it.
+//! How tweets travel on Kafka and RabbitMQ: the binary protobuf encoding of a
+//! `clima.v1.TweetBatch` as the message body, with its content type in a header
+//! (Kafka) or property (AMQP), so any consumer, not only clima's, can decode it.
+//!
+//! Messages of earlier clima versions carried one `clima.v1.TweetRecord` each;
+//! [`decode`] still reads them, told apart by their content type.
 
-use clima_proto::v1::TweetRecord;
+use clima_proto::v1::{TweetBatch, TweetRecord};
 use prost::Message;
 
 use crate::{TweetError, validate_record};
 
-/// Content type of every clima broker message body.
-pub const CONTENT_TYPE: &str = "application/x-protobuf; messageType=clima.v1.TweetRecord";
+/// Content type of every message clima publishes now.
+pub const CONTENT_TYPE: &str = "application/x-protobuf; messageType=clima.v1.TweetBatch";
+/// Content type of a one-tweet message from an earlier clima version.
+pub const CONTENT_TYPE_RECORD: &str = "application/x-protobuf; messageType=clima.v1.TweetRecord";
 /// Header holding the content type (Kafka record header; AMQP uses its own
-/// `content-type` property as well).
+/// `content-type` property).
 pub const HEADER_CONTENT_TYPE: &str = "content-type";
-/// Header holding the record's id (also the AMQP `message-id` property).
-pub const HEADER_TWEET_ID: &str = "clima-tweet-id";
+/// Header holding how many tweets the message carries.
+pub const HEADER_TWEET_COUNT: &str = "clima-tweet-count";
 
-/// Why a broker message is not a valid clima record.
+/// Why a broker message is not a valid clima batch.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
-    #[error("body is not a clima.v1.TweetRecord: {0}")]
-    Decode(#[from] prost::DecodeError),
-    #[error("invalid record: {0}")]
-    Invalid(#[from] TweetError),
+    #[error("content type {0:?} is not a clima message")]
+    ContentType(String),
+    #[error("body is not a clima.v1.{message}: {source}")]
+    Decode {
+        message: &'static str,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error("the batch holds no tweets")]
+    Empty,
+    #[error("records[{index}] is invalid: {source}")]
+    Invalid {
+        index: usize,
+        #[source]
+        source: TweetError,
+    },
 }
 
-/// Encodes a record as a broker message body.
-pub fn encode(record: &TweetRecord) -> Vec<u8> {
-    record.encode_to_vec()
+/// Encodes records as one broker message body (a `TweetBatch`).
+pub fn encode(records: &[TweetRecord]) -> Vec<u8> {
+    // Length-delimited field 1, repeated: exactly what `TweetBatch { records }`
+    // encodes to, without cloning the records into one.
+    let mut body = Vec::with_capacity(records.iter().map(|r| r.encoded_len() + 3).sum());
+    for record in records {
+        prost::encoding::message::encode(1, record, &mut body);
+    }
+    body
 }
 
-/// Decodes and validates a broker message body.
-pub fn decode(body: &[u8]) -> Result<TweetRecord, EnvelopeError> {
-    let record = TweetRecord::decode(body)?;
-    validate_record(&record)?;
-    Ok(record)
+/// Decodes and validates a broker message body by its content type; a message
+/// without one is taken for a `TweetBatch`. All records valid, or an error.
+pub fn decode(content_type: Option<&str>, body: &[u8]) -> Result<Vec<TweetRecord>, EnvelopeError> {
+    let records = match content_type.map(str::trim) {
+        None | Some(CONTENT_TYPE) => {
+            TweetBatch::decode(body).map_err(|source| EnvelopeError::Decode { message: "TweetBatch", source })?.records
+        }
+        Some(CONTENT_TYPE_RECORD) => {
+            vec![TweetRecord::decode(body).map_err(|source| EnvelopeError::Decode { message: "TweetRecord", source })?]
+        }
+        Some(other) => return Err(EnvelopeError::ContentType(other.to_owned())),
+    };
+    if records.is_empty() {
+        return Err(EnvelopeError::Empty);
+    }
+    for (index, record) in records.iter().enumerate() {
+        validate_record(record).map_err(|source| EnvelopeError::Invalid { index, source })?;
+    }
+    Ok(records)
 }

@@ -1,5 +1,6 @@
-use clima_proto::v1::{Tweet, TweetInput, TweetRecord, Weather};
+use clima_proto::v1::{Tweet, TweetBatch, TweetInput, TweetRecord, Weather};
 use pbjson_types::Timestamp;
+use prost::Message;
 
 use super::*;
 
@@ -69,19 +70,34 @@ fn record() -> TweetRecord {
             country: "MX".into(),
             weather: Weather::Soleado as i32,
         }),
+        trace_context: Default::default(),
     }
 }
 
 #[test]
 fn envelope_round_trips_and_validates() {
-    let original = record();
-    assert_eq!(envelope::decode(&envelope::encode(&original)).unwrap(), original);
-    assert_eq!(received_minute(&original), 1_700_000_000 / 60);
+    let mut second = record();
+    second.id = "0192e4a0-7c1e-7cc3-9a51-3f1d2b4c5d6f".into();
+    second.trace_context.insert("traceparent".into(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    let batch = vec![record(), second];
+    let body = envelope::encode(&batch);
+    assert_eq!(envelope::decode(Some(envelope::CONTENT_TYPE), &body).unwrap(), batch);
+    assert_eq!(envelope::decode(None, &body).unwrap(), batch, "no content type: a TweetBatch");
+    // The hand-rolled encoding is byte for byte the generated one.
+    assert_eq!(body, TweetBatch { records: batch.clone() }.encode_to_vec());
+    assert_eq!(received_minute(&batch[0]), 1_700_000_000 / 60);
+
+    // One-record messages of earlier versions still decode.
+    let legacy = record().encode_to_vec();
+    assert_eq!(envelope::decode(Some(envelope::CONTENT_TYPE_RECORD), &legacy).unwrap(), vec![record()]);
 
     let mut no_id = record();
     no_id.id = "not-a-uuid".into();
-    assert!(matches!(envelope::decode(&envelope::encode(&no_id)), Err(envelope::EnvelopeError::Invalid(_))));
-    assert!(matches!(envelope::decode(b"\xff\xff\xff"), Err(envelope::EnvelopeError::Decode(_))));
+    let bad = envelope::encode(&[record(), no_id]);
+    assert!(matches!(envelope::decode(None, &bad), Err(envelope::EnvelopeError::Invalid { index: 1, .. })));
+    assert!(matches!(envelope::decode(None, b"\xff\xff\xff"), Err(envelope::EnvelopeError::Decode { .. })));
+    assert!(matches!(envelope::decode(None, b""), Err(envelope::EnvelopeError::Empty)));
+    assert!(matches!(envelope::decode(Some("text/plain"), &body), Err(envelope::EnvelopeError::ContentType(_))));
 }
 
 #[test]

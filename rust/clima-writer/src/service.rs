@@ -1,7 +1,7 @@
 use std::{sync::Arc, time::Instant};
 
 use clima_proto::v1::{
-    PublishRequest, PublishResponse,
+    PublishRequest, PublishResponse, TweetRecord,
     writer_service_server::{SERVICE_NAME, WriterService},
 };
 use clima_telemetry::propagation::{self, MetadataExtractor};
@@ -23,7 +23,7 @@ impl<S: Sink> Writer<S> {
     }
 
     async fn publish_records(&self, request: PublishRequest) -> Result<PublishResponse, Status> {
-        let records = request.records;
+        let mut records = request.records;
         if records.is_empty() {
             return Err(Status::invalid_argument("records: at least one record is required"));
         }
@@ -39,6 +39,7 @@ impl<S: Sink> Writer<S> {
                 .map_err(|error| Status::invalid_argument(format!("records[{index}].{}: {error}", error.field())))?;
         }
         let broker = self.sink.name();
+        continue_traces(broker, self.sink.destination(), &mut records);
         let started = Instant::now();
         let published = self.sink.publish(&records).await;
         metrics::histogram!("clima_publish_duration_seconds", "broker" => broker)
@@ -50,6 +51,29 @@ impl<S: Sink> Writer<S> {
         }
         metrics::counter!("clima_published_tweets_total", "broker" => broker).increment(records.len() as u64);
         Ok(PublishResponse { published: records.len() as u32 })
+    }
+}
+
+/// Gives each traced record a creation span (OpenTelemetry messaging
+/// conventions: one per message of a batch), a child of the span the record
+/// arrived with, and makes it the record's trace context: the consumer's
+/// process span becomes its child, so each tweet keeps one trace although it
+/// shares a broker message with others. Untraced records cost nothing.
+fn continue_traces(system: &'static str, destination: &str, records: &mut [TweetRecord]) {
+    for record in records.iter_mut().filter(|record| !record.trace_context.is_empty()) {
+        let create = tracing::info_span!(
+            parent: None,
+            "messaging.create",
+            otel.name = %format_args!("create {destination}"),
+            otel.kind = "producer",
+            messaging.system = system,
+            messaging.destination.name = %destination,
+            messaging.operation.type = "create",
+            messaging.operation.name = "create",
+            messaging.message.id = %record.id,
+        );
+        propagation::set_parent(&create, &record.trace_context);
+        record.trace_context = propagation::context_map(&create);
     }
 }
 

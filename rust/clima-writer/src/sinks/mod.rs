@@ -11,12 +11,13 @@ use clima_proto::v1::TweetRecord;
 pub use kafka::KafkaSink;
 pub use rabbitmq::RabbitMqSink;
 
-/// The producer span of one record (OpenTelemetry messaging conventions). Its
-/// context travels in the message headers, so the consumer's process span
-/// becomes its child. Broker-specific attributes start empty; the sink records them.
-pub(crate) fn publish_span(system: &'static str, destination: &str, record_id: &str) -> tracing::Span {
+/// The span of publishing one broker message (a batch of records), per the
+/// OpenTelemetry messaging conventions: it links to each record's creation
+/// span (see `service.rs`), and its own context travels in the message
+/// headers. Broker-specific attributes start empty; the sink records them.
+pub(crate) fn publish_span(system: &'static str, destination: &str, records: &[TweetRecord]) -> tracing::Span {
     use tracing::field::Empty;
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "messaging.publish",
         otel.name = %format_args!("publish {destination}"),
         otel.kind = "producer",
@@ -25,19 +26,26 @@ pub(crate) fn publish_span(system: &'static str, destination: &str, record_id: &
         messaging.destination.name = %destination,
         messaging.operation.type = "publish",
         messaging.operation.name = "publish",
-        messaging.message.id = %record_id,
-        messaging.kafka.message.key = Empty,
+        messaging.batch.message_count = records.len(),
         messaging.destination.partition.id = Empty,
         messaging.kafka.offset = Empty,
         messaging.rabbitmq.destination.routing_key = Empty,
-    )
+    );
+    for record in records.iter().filter(|record| !record.trace_context.is_empty()) {
+        clima_telemetry::propagation::add_link_from(&span, &record.trace_context);
+    }
+    span
 }
 
 pub trait Sink: Send + Sync + 'static {
     /// Short broker name for logs and errors.
     fn name(&self) -> &'static str;
 
-    /// Publishes every record; `Ok` means the broker acknowledged all of them.
+    /// Where records go: the Kafka topic or the RabbitMQ exchange.
+    fn destination(&self) -> &str;
+
+    /// Publishes the records as one message (Kafka: as few as its message size
+    /// limit allows); `Ok` means the broker acknowledged all of them.
     fn publish(&self, records: &[TweetRecord]) -> impl Future<Output = Result<(), SinkError>> + Send;
 
     /// Checks (and, if needed, re-establishes) the broker connection and its topology.
@@ -48,18 +56,18 @@ pub trait Sink: Send + Sync + 'static {
 pub enum SinkError {
     #[error(transparent)]
     Broker(#[from] clima_broker::BrokerError),
-    #[error("kafka did not acknowledge record {id}: {source}")]
+    #[error("kafka did not acknowledge a batch of {records} records: {source}")]
     KafkaDelivery {
-        id: String,
+        records: usize,
         #[source]
         source: rdkafka::error::KafkaError,
     },
     #[error("rabbitmq: {0}")]
     RabbitMq(#[from] lapin::Error),
-    #[error("rabbitmq refused record {id} (nack)")]
-    RabbitMqNack { id: String },
-    #[error("rabbitmq could not route record {id} to any queue: {reply}")]
-    RabbitMqUnroutable { id: String, reply: String },
+    #[error("rabbitmq refused a batch of {records} records (nack)")]
+    RabbitMqNack { records: usize },
+    #[error("rabbitmq could not route a batch of {records} records to any queue: {reply}")]
+    RabbitMqUnroutable { records: usize, reply: String },
     #[error("{broker} did not confirm within {timeout:?}")]
     Timeout { broker: &'static str, timeout: std::time::Duration },
 }

@@ -1,17 +1,34 @@
+//! `clima load`: a load generator for `POST /input`.
+//!
+//! Closed loop (the default): `--concurrency` connections, each sending its
+//! next request as soon as the last is answered; it finds the highest rate.
+//! Open loop (`--rate`): requests leave on a fixed schedule whatever the
+//! answers, and each latency is measured from when its request was *due*, so a
+//! slow server cannot hide its queueing (no coordinated omission).
+//!
+//! Latencies go into an HDR histogram. `--verify` then waits until Redis and
+//! Valkey counted every accepted tweet, checks the counts, and reports the
+//! end-to-end rate and the POST→counted latency (see [`lag`]). `--json`
+//! writes the figures for the benchmark (`ci/bench`).
+
+mod client;
+mod lag;
+
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    path::PathBuf,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use anyhow::bail;
+use bytes::Bytes;
+use clima_proto::v1::TweetInput;
 use clima_store::Counts;
+use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Deserialize;
-use serde_json::json;
+use serde::Serialize;
 
+use self::client::{Outcome, Pool, Target};
 use super::stats::{StoresArgs, side_by_side, wait_for_totals};
 
 /// Countries the reference load generators use.
@@ -24,7 +41,7 @@ const WEATHERS: &[(&str, &[&str])] = &[
 
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
-    /// URL of the API's POST /input.
+    /// URL of the API's POST /input (http://).
     #[arg(long, env = "CLIMA_LOAD_URL", default_value = "http://127.0.0.1:8080/input")]
     url: String,
 
@@ -32,9 +49,15 @@ pub struct LoadArgs {
     #[arg(long, env = "CLIMA_LOAD_COUNT", default_value_t = 10_000)]
     count: u64,
 
-    /// Requests in flight at once (closed loop: each sends its next request when the last is answered).
+    /// Closed loop: connections, each sending its next request when the last
+    /// is answered. Open loop (--rate): most requests in flight at once.
     #[arg(long, env = "CLIMA_LOAD_CONCURRENCY", default_value_t = 32)]
     concurrency: usize,
+
+    /// Open loop: tweets per second, sent on a fixed schedule; latencies count
+    /// from when each request was due.
+    #[arg(long, env = "CLIMA_LOAD_RATE")]
+    rate: Option<f64>,
 
     /// Tweets per request: 1 sends single objects, more sends JSON arrays.
     #[arg(long, env = "CLIMA_LOAD_BATCH", default_value_t = 1)]
@@ -50,7 +73,8 @@ pub struct LoadArgs {
     seed: Option<u64>,
 
     /// Then wait until Redis and Valkey counted every accepted tweet, print this
-    /// run's counts beside the expected ones, and fail if they differ.
+    /// run's counts beside the expected ones, and fail if they differ; also
+    /// measures the end-to-end rate and POST→counted latency.
     #[arg(long, env = "CLIMA_LOAD_VERIFY")]
     verify: bool,
 
@@ -58,72 +82,156 @@ pub struct LoadArgs {
     #[arg(long, env = "CLIMA_LOAD_VERIFY_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     verify_timeout: Duration,
 
+    /// Also write the run's figures to this file as JSON.
+    #[arg(long, env = "CLIMA_LOAD_JSON")]
+    json: Option<PathBuf>,
+
     #[command(flatten)]
     stores: StoresArgs,
 }
 
-/// What one sender task saw.
-#[derive(Default)]
+/// What a set of requests came to.
 struct Tally {
     accepted: Counts,
     rejected: u64,
     failed: u64,
     retries: u64,
-    latencies: Vec<Duration>,
+    /// Microseconds from a request's start (closed loop) or due time (open
+    /// loop) to its final answer, retries included.
+    latency: Histogram<u64>,
     first_error: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Accepted {
+impl Tally {
+    fn new() -> Self {
+        Self {
+            accepted: Counts::default(),
+            rejected: 0,
+            failed: 0,
+            retries: 0,
+            latency: latency_histogram(),
+            first_error: None,
+        }
+    }
+
+    fn merge(&mut self, other: &Tally) {
+        self.accepted.merge(&other.accepted);
+        self.rejected += other.rejected;
+        self.failed += other.failed;
+        self.retries += other.retries;
+        self.latency.add(&other.latency).expect("histograms of the same precision");
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
+    }
+}
+
+/// An HDR histogram of microseconds from 1 µs to an hour, 3 significant
+/// figures (bounded: the saturating records clamp rather than resize).
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub samples: u64,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Self {
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p90: ms(histogram.value_at_quantile(0.90)),
+            p95: ms(histogram.value_at_quantile(0.95)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+            samples: histogram.len(),
+        }
+    }
+}
+
+/// The figures of one run, as `--json` writes them.
+#[derive(Debug, Serialize)]
+struct Report {
+    mode: &'static str,
+    url: String,
+    tweets_per_request: u64,
+    concurrency: usize,
+    target_tweets_per_s: Option<f64>,
+    sent: u64,
     accepted: u64,
+    rejected: u64,
+    failed: u64,
+    retried_requests: u64,
+    elapsed_s: f64,
+    accepted_per_s: f64,
+    request_latency_ms: Percentiles,
+    /// With --verify only.
+    counted: Option<Counted>,
+}
+
+#[derive(Debug, Serialize)]
+struct Counted {
+    /// Both stores hold exactly the accepted tweets, once each.
+    exact: bool,
+    /// From the first request until both stores had counted every accepted tweet.
+    elapsed_s: f64,
+    /// Accepted tweets over that time: the sustained rate of the whole pipeline.
+    end_to_end_per_s: f64,
+    redis_post_to_counted_ms: Percentiles,
+    valkey_post_to_counted_ms: Percentiles,
 }
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.concurrency == 0 {
         bail!("--batch and --concurrency must be at least 1");
     }
+    if args.rate.is_some_and(|rate| !(rate > 0.0 && rate.is_finite())) {
+        bail!("--rate must be a positive number of tweets per second");
+    }
+    let target = Arc::new(Target::parse(&args.url)?);
     let stores = if args.verify { Some(args.stores.connect().await?) } else { None };
     let before = match &stores {
         Some((redis, valkey)) => Some(tokio::try_join!(redis.read_counts(1), valkey.read_counts(1))?),
         None => None,
     };
 
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-    let remaining = Arc::new(AtomicU64::new(args.count));
+    let requests = args.count.div_ceil(args.batch);
     let progress = progress_bar(args.count, "sending");
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     let started = Instant::now();
-    let senders: Vec<_> = (0..args.concurrency as u64)
-        .map(|task| {
-            let (client, url, remaining, progress) =
-                (client.clone(), args.url.clone(), Arc::clone(&remaining), progress.clone());
-            let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(task));
-            let (batch, attempts) = (args.batch, args.attempts.max(1));
-            tokio::spawn(async move {
-                let mut tally = Tally::default();
-                while let Some(size) = claim(&remaining, batch) {
-                    send(&client, &url, size, batch > 1, attempts, &mut rng, &mut tally).await;
-                    progress.inc(size);
-                }
-                tally
-            })
-        })
-        .collect();
-    let mut total = Tally::default();
-    for sender in senders {
-        let tally = sender.await?;
-        total.accepted.merge(&tally.accepted);
-        total.rejected += tally.rejected;
-        total.failed += tally.failed;
-        total.retries += tally.retries;
-        total.latencies.extend(tally.latencies);
-        total.first_error = total.first_error.or(tally.first_error);
-    }
+    let probe = match (&stores, &before) {
+        (Some(stores), Some((redis, valkey))) => {
+            Some(lag::LagProbe::start(started, stores.clone(), (redis.total, valkey.total)))
+        }
+        _ => None,
+    };
+    let plan = Plan {
+        target,
+        count: args.count,
+        batch: args.batch,
+        attempts: args.attempts.max(1),
+        progress: progress.clone(),
+        sent: probe.as_ref().map(|probe| Arc::clone(&probe.sent)),
+    };
+    let total = match args.rate {
+        None => closed_loop(plan, args.concurrency, seed).await?,
+        Some(rate) => open_loop(plan, args.concurrency, seed, requests, rate).await?,
+    };
     let elapsed = started.elapsed();
     progress.finish_and_clear();
-    report(&args, &total, elapsed);
+    let mut report = summarize(&args, &total, elapsed);
 
-    if let (Some(stores), Some((redis_before, valkey_before))) = (stores, before) {
+    if let (Some(stores), Some((redis_before, valkey_before)), Some(probe)) = (stores, before, probe) {
         let draining = progress_bar(total.accepted.total, "counted");
         let (redis_after, valkey_after) = wait_for_totals(
             &stores,
@@ -134,6 +242,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         )
         .await?;
         draining.finish_and_clear();
+        let [(redis_lag, redis_done), (valkey_lag, valkey_done)] = probe.finish(total.accepted.total);
         let redis = redis_after.since(&redis_before);
         let valkey = valkey_after.since(&valkey_before);
         println!("\nThis run's tweets, as counted:");
@@ -145,10 +254,34 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 ("Valkey (RabbitMQ)", &valkey)
             ])
         );
-        if redis != total.accepted || valkey != total.accepted {
+        let exact = redis == total.accepted && valkey == total.accepted;
+        // The probe samples every 10 ms; fall back to now if it missed the end.
+        let counted_after = redis_done.max(valkey_done).unwrap_or_else(|| started.elapsed());
+        let counted = Counted {
+            exact,
+            elapsed_s: counted_after.as_secs_f64(),
+            end_to_end_per_s: total.accepted.total as f64 / counted_after.as_secs_f64().max(f64::EPSILON),
+            redis_post_to_counted_ms: Percentiles::of(&redis_lag),
+            valkey_post_to_counted_ms: Percentiles::of(&valkey_lag),
+        };
+        println!(
+            "\nCounted in both stores {:.2} s after the first request: {:.0} tweets/s end to end.\n\
+             POST→counted latency, Redis p50 {:.1} ms, p99 {:.1} ms; Valkey p50 {:.1} ms, p99 {:.1} ms.",
+            counted.elapsed_s,
+            counted.end_to_end_per_s,
+            counted.redis_post_to_counted_ms.p50,
+            counted.redis_post_to_counted_ms.p99,
+            counted.valkey_post_to_counted_ms.p50,
+            counted.valkey_post_to_counted_ms.p99,
+        );
+        report.counted = Some(counted);
+        write_json(&args, &report)?;
+        if !exact {
             bail!("the stores' counts differ from the accepted tweets (see the table above)");
         }
-        println!("\nEvery accepted tweet was counted exactly once in Redis and in Valkey.");
+        println!("Every accepted tweet was counted exactly once in Redis and in Valkey.");
+    } else {
+        write_json(&args, &report)?;
     }
     if total.failed > 0 {
         bail!("{} tweets were not accepted (first error: {})", total.failed, total.first_error.unwrap_or_default());
@@ -156,61 +289,132 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Takes up to `batch` tweets from the shared budget.
-fn claim(remaining: &AtomicU64, batch: u64) -> Option<u64> {
-    remaining
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| (left > 0).then(|| left - left.min(batch)))
-        .ok()
-        .map(|left| left.min(batch))
+fn write_json(args: &LoadArgs, report: &Report) -> anyhow::Result<()> {
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)?;
+    }
+    Ok(())
 }
 
-/// What one request attempt came to.
-enum Outcome {
-    Accepted(u64),
-    Rejected(String),
-    Failed(String),
-}
-
-async fn send(
-    client: &reqwest::Client,
-    url: &str,
-    size: u64,
-    array: bool,
+/// What every sender shares.
+#[derive(Clone)]
+struct Plan {
+    target: Arc<Target>,
+    count: u64,
+    batch: u64,
     attempts: usize,
-    rng: &mut fastrand::Rng,
-    tally: &mut Tally,
-) {
-    let tweets: Vec<(&str, &str, &str)> = (0..size)
-        .map(|_| {
-            let country = COUNTRIES[rng.usize(..COUNTRIES.len())];
-            let (weather, descriptions) = WEATHERS[rng.usize(..WEATHERS.len())];
-            (country, weather, descriptions[rng.usize(..descriptions.len())])
+    progress: ProgressBar,
+    /// Tweets sent so far, for the POST→counted probe.
+    sent: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl Plan {
+    /// How many tweets request number `index` carries (the last may be short).
+    fn size_of(&self, index: u64) -> u64 {
+        self.batch.min(self.count - index * self.batch)
+    }
+
+    fn note_sent(&self, tweets: u64) {
+        if let Some(sent) = &self.sent {
+            sent.fetch_add(tweets, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Each of `connections` tasks takes the next request number, sends it on its
+/// own keep-alive connection and waits for the answer.
+async fn closed_loop(plan: Plan, connections: usize, seed: u64) -> anyhow::Result<Tally> {
+    let requests = plan.count.div_ceil(plan.batch);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let senders: Vec<_> = (0..connections as u64)
+        .map(|task| {
+            let (plan, next) = (plan.clone(), Arc::clone(&next));
+            let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(task));
+            tokio::spawn(async move {
+                let pool = Pool::default();
+                let mut tally = Tally::new();
+                loop {
+                    let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if index >= requests {
+                        break tally;
+                    }
+                    let size = plan.size_of(index);
+                    send(&plan, &pool, size, Instant::now(), &mut rng, &mut tally).await;
+                }
+            })
         })
         .collect();
-    let objects: Vec<_> = tweets
-        .iter()
-        .map(|(country, weather, description)| json!({"description": description, "country": country, "weather": weather}))
+    let mut total = Tally::new();
+    for sender in senders {
+        total.merge(&sender.await?);
+    }
+    Ok(total)
+}
+
+/// Requests leave every 1/(rate/batch) s on a fixed schedule, each in its own
+/// task, at most `max_in_flight` at once.
+async fn open_loop(plan: Plan, max_in_flight: usize, seed: u64, requests: u64, rate: f64) -> anyhow::Result<Tally> {
+    let interval = Duration::from_secs_f64(plan.batch as f64 / rate);
+    let pool = Arc::new(Pool::default());
+    let total = Arc::new(Mutex::new(Tally::new()));
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let start = tokio::time::Instant::now();
+    for index in 0..requests {
+        let due = start + interval.mul_f64(index as f64);
+        tokio::time::sleep_until(due).await;
+        // A full house delays the send, not the clock: latency still counts from `due`.
+        let slot = Arc::clone(&slots).acquire_owned().await?;
+        let (plan, pool, total) = (plan.clone(), Arc::clone(&pool), Arc::clone(&total));
+        let mut rng = rng.fork();
+        tokio::spawn(async move {
+            let mut tally = Tally::new();
+            send(&plan, &pool, plan.size_of(index), due.into_std(), &mut rng, &mut tally).await;
+            total.lock().expect("tally lock").merge(&tally);
+            drop(slot);
+        });
+    }
+    // Every slot back means every request answered.
+    let _all = slots.acquire_many(max_in_flight as u32).await?;
+    let tally = std::mem::replace(&mut *total.lock().expect("tally lock"), Tally::new());
+    Ok(tally)
+}
+
+/// Sends one request of `size` random tweets, retrying failures with the same
+/// Idempotency-Key, and tallies the outcome.
+async fn send(plan: &Plan, pool: &Pool, size: u64, due: Instant, rng: &mut fastrand::Rng, tally: &mut Tally) {
+    let tweets: Vec<TweetInput> = (0..size)
+        .map(|_| {
+            let (weather, descriptions) = WEATHERS[rng.usize(..WEATHERS.len())];
+            TweetInput {
+                description: descriptions[rng.usize(..descriptions.len())].to_owned(),
+                country: COUNTRIES[rng.usize(..COUNTRIES.len())].to_owned(),
+                weather: weather.to_owned(),
+            }
+        })
         .collect();
-    let body = if array { json!(objects) } else { objects[0].clone() }.to_string();
-    let idempotency_key = uuid::Uuid::new_v4().to_string();
+    // The proto's own JSON mapping: the body is what the API decodes.
+    let body = if plan.batch > 1 { serde_json::to_vec(&tweets) } else { serde_json::to_vec(&tweets[0]) };
+    let body = Bytes::from(body.expect("tweets serialize"));
+    let idempotency_key = uuid::Uuid::from_u128(rng.u128(..)).to_string();
+    plan.note_sent(size);
 
     let mut outcome = Outcome::Failed("no attempt".into());
-    for attempt in 0..attempts {
+    for attempt in 0..plan.attempts {
         if attempt > 0 {
             tally.retries += 1;
             tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
         }
-        let started = Instant::now();
-        outcome = attempt_once(client, url, &body, &idempotency_key).await;
-        tally.latencies.push(started.elapsed());
+        outcome = pool.post(&plan.target, body.clone(), &idempotency_key).await;
         if !matches!(outcome, Outcome::Failed(_)) {
             break;
         }
     }
+    tally.latency.saturating_record(due.elapsed().as_micros() as u64);
     match outcome {
         Outcome::Accepted(accepted) if accepted == size => {
-            for (country, weather, _) in tweets {
-                tally.accepted.add(country, weather);
+            for tweet in &tweets {
+                tally.accepted.add(&tweet.country, &tweet.weather);
             }
         }
         Outcome::Accepted(accepted) => {
@@ -226,62 +430,51 @@ async fn send(
             tally.first_error.get_or_insert(error);
         }
     }
+    plan.progress.inc(size);
 }
 
-async fn attempt_once(client: &reqwest::Client, url: &str, body: &str, idempotency_key: &str) -> Outcome {
-    let response = client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("idempotency-key", idempotency_key)
-        .body(body.to_owned())
-        .send()
-        .await;
-    match response {
-        Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
-            match response.json::<Accepted>().await.context("reading the 202 body") {
-                Ok(accepted) => Outcome::Accepted(accepted.accepted),
-                Err(error) => Outcome::Failed(format!("{error:#}")),
-            }
-        }
-        Ok(response) => {
-            let status = response.status();
-            let text = response.text().await.unwrap_or_default();
-            if status.is_client_error() {
-                Outcome::Rejected(format!("{status}: {text}"))
-            } else {
-                Outcome::Failed(format!("{status}: {text}"))
-            }
-        }
-        Err(error) => Outcome::Failed(format!("{error:#}")),
-    }
-}
-
-fn report(args: &LoadArgs, tally: &Tally, elapsed: Duration) {
-    let mut latencies = tally.latencies.clone();
-    latencies.sort_unstable();
-    let percentile = |p: f64| {
-        latencies.get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or_default()
-    };
+fn summarize(args: &LoadArgs, tally: &Tally, elapsed: Duration) -> Report {
     let sent = tally.accepted.total + tally.rejected + tally.failed;
+    let latency = Percentiles::of(&tally.latency);
+    let mode = if args.rate.is_some() { "open" } else { "closed" };
+    let accepted_per_s = tally.accepted.total as f64 / elapsed.as_secs_f64().max(f64::EPSILON);
     println!(
-        "sent {sent} tweets in {} attempts of {} tweets to {} in {:.2} s ({:.0} tweets/s)",
-        latencies.len(),
+        "sent {sent} tweets in {} requests of {} ({mode} loop{}) to {} in {:.2} s: {accepted_per_s:.0} tweets/s accepted",
+        latency.samples,
         args.batch,
+        args.rate.map(|rate| format!(" at {rate} tweets/s")).unwrap_or_default(),
         args.url,
         elapsed.as_secs_f64(),
-        sent as f64 / elapsed.as_secs_f64().max(f64::EPSILON)
     );
     println!(
-        "accepted {}, rejected (4xx) {}, failed after retries (5xx or network) {}, retried requests {}; \
-         latency of attempts p50 {:?}, p99 {:?}, max {:?}",
+        "accepted {}, rejected (4xx) {}, failed after retries (5xx or network) {}, retried requests {}\n\
+         request latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
         tally.accepted.total,
         tally.rejected,
         tally.failed,
         tally.retries,
-        percentile(0.50),
-        percentile(0.99),
-        latencies.last().copied().unwrap_or_default()
+        latency.p50,
+        latency.p90,
+        latency.p99,
+        latency.p999,
+        latency.max,
     );
+    Report {
+        mode,
+        url: args.url.clone(),
+        tweets_per_request: args.batch,
+        concurrency: args.concurrency,
+        target_tweets_per_s: args.rate,
+        sent,
+        accepted: tally.accepted.total,
+        rejected: tally.rejected,
+        failed: tally.failed,
+        retried_requests: tally.retries,
+        elapsed_s: elapsed.as_secs_f64(),
+        accepted_per_s,
+        request_latency_ms: latency,
+        counted: None,
+    }
 }
 
 fn progress_bar(length: u64, message: &'static str) -> ProgressBar {

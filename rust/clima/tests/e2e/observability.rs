@@ -98,15 +98,31 @@ async fn one_trace_follows_a_tweet_from_the_http_request_into_redis_and_valkey()
         assert_child(server, client);
         assert_eq!(string_attribute(server, "rpc.system").as_deref(), Some("grpc"));
 
-        let publish = spans
-            .iter()
-            .find(|(from, span)| from == &format!("clima-writer-{broker}") && span.kind == SpanKind::Producer as i32)
-            .map(|(_, span)| span)
-            .unwrap_or_else(|| panic!("no {broker} publish span"));
+        let producer_span = |operation: &str| -> &Span {
+            spans
+                .iter()
+                .find(|(from, span)| {
+                    from == &format!("clima-writer-{broker}")
+                        && span.kind == SpanKind::Producer as i32
+                        && string_attribute(span, "messaging.operation.type").as_deref() == Some(operation)
+                })
+                .map(|(_, span)| span)
+                .unwrap_or_else(|| panic!("no {broker} {operation} span in {:#?}", names(&spans)))
+        };
+        // The broker message (a batch) is published under the gRPC call ...
+        let publish = producer_span("publish");
         assert!(publish.name.starts_with("publish "), "{}", publish.name);
         assert_eq!(string_attribute(publish, "messaging.system").as_deref(), Some(destination_system));
-        assert_eq!(string_attribute(publish, "messaging.operation.type").as_deref(), Some("publish"));
         assert_child(publish, server);
+        // ... and the tweet in it gets its creation span under its own request,
+        // which the publish links to (OpenTelemetry batch messaging).
+        let create = producer_span("create");
+        assert!(create.name.starts_with("create "), "{}", create.name);
+        assert_child(create, http);
+        assert!(
+            publish.links.iter().any(|link| link.span_id == create.span_id && link.trace_id == trace_id),
+            "the publish span links to the tweet's creation span"
+        );
 
         let process = spans
             .iter()
@@ -114,7 +130,7 @@ async fn one_trace_follows_a_tweet_from_the_http_request_into_redis_and_valkey()
             .map(|(_, span)| span)
             .unwrap_or_else(|| panic!("no {broker} process span"));
         assert_eq!(string_attribute(process, "messaging.operation.type").as_deref(), Some("process"));
-        assert_child(process, publish);
+        assert_child(process, create);
 
         let write = spans.iter().find(|(_, span)| is_store_write(span, store)).map(|(_, span)| span).unwrap();
         assert_eq!(write.kind, SpanKind::Client as i32);
@@ -157,7 +173,9 @@ async fn every_service_exposes_metrics_that_move_by_the_amount_sent() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     for (source, store) in [("kafka", "redis"), ("rabbitmq", "valkey")] {
         let consumer = stack.metrics(&format!("clima-consumer-{source}")).await;
-        assert_eq!(metric(&consumer, "clima_consumed_messages_total", &[("source", source)]), 10.0, "{consumer}");
+        // Four requests one after another: four writer calls, so four broker messages.
+        assert_eq!(metric(&consumer, "clima_consumed_messages_total", &[("source", source)]), 4.0, "{consumer}");
+        assert_eq!(metric(&consumer, "clima_consumed_tweets_total", &[("source", source)]), 10.0, "{consumer}");
         assert_eq!(metric(&consumer, "clima_counted_tweets_total", &[("source", source), ("store", store)]), 10.0);
         assert!(metric(&consumer, "clima_store_write_duration_seconds_count", &[("store", store)]) >= 1.0);
     }

@@ -21,6 +21,11 @@ pub struct KafkaSinkConfig {
     /// Compression codec (none, gzip, lz4, zstd; snappy where the broker supports it).
     #[arg(long = "kafka-compression", env = "CLIMA_KAFKA_COMPRESSION", default_value = "none")]
     pub compression: String,
+
+    /// Largest message body the writer produces; bigger batches are split.
+    /// Keep it below the topic's max.message.bytes (Kafka's default: 1 MiB).
+    #[arg(long = "kafka-max-message-bytes", env = "CLIMA_KAFKA_MAX_MESSAGE_BYTES", default_value_t = 900 * 1024)]
+    pub max_message_bytes: usize,
 }
 
 impl Default for KafkaSinkConfig {
@@ -30,6 +35,7 @@ impl Default for KafkaSinkConfig {
             delivery_timeout: Duration::from_secs(10),
             idempotence: true,
             compression: "none".into(),
+            max_message_bytes: 900 * 1024,
         }
     }
 }

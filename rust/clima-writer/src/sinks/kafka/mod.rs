@@ -1,4 +1,5 @@
-//! Kafka sink: an idempotent producer with `acks=all`; key = country.
+//! Kafka sink: an idempotent producer with `acks=all`; one message per batch
+//! of records (split only at the message size limit), without a key.
 
 mod config;
 mod sink;

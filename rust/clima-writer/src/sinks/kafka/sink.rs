@@ -4,6 +4,7 @@ use clima_broker::kafka::{KafkaArgs, trace_headers};
 use clima_proto::v1::TweetRecord;
 use clima_tweet::envelope;
 use futures::future::try_join_all;
+use prost::Message;
 use rdkafka::{
     admin::AdminClient,
     client::DefaultClientContext,
@@ -54,20 +55,20 @@ impl KafkaSink {
         Ok(())
     }
 
-    async fn publish_one(&self, record: &TweetRecord) -> Result<(), SinkError> {
-        // Keyed by country: one country's tweets stay in order on one partition.
-        let key = record.tweet.as_ref().map_or("", |tweet| tweet.country.as_str());
+    /// Produces one message holding `records` and waits for its acknowledgement.
+    async fn publish_message(&self, records: &[TweetRecord]) -> Result<(), SinkError> {
         let topic = &self.broker.topic;
-        let span = crate::sinks::publish_span("kafka", topic, &record.id);
-        span.record("messaging.kafka.message.key", key);
-        let payload = envelope::encode(record);
+        let span = crate::sinks::publish_span("kafka", topic, records);
+        let payload = envelope::encode(records);
+        let count = records.len().to_string();
         let headers = OwnedHeaders::new_with_capacity(5)
             .insert(Header { key: envelope::HEADER_CONTENT_TYPE, value: Some(envelope::CONTENT_TYPE) })
-            .insert(Header { key: envelope::HEADER_TWEET_ID, value: Some(record.id.as_str()) });
-        // The consumer's process span becomes a child of this publish span.
+            .insert(Header { key: envelope::HEADER_TWEET_COUNT, value: Some(count.as_str()) });
         let mut headers = trace_headers::Inject(headers);
         clima_telemetry::propagation::inject(&span, &mut headers);
-        let message = FutureRecord::to(topic).key(key).payload(&payload).headers(headers.0);
+        // No key: counting needs no order, so librdkafka spreads messages over
+        // the partitions (and so over the consumers of the group).
+        let message = FutureRecord::<(), _>::to(topic).payload(&payload).headers(headers.0);
         let delivered =
             self.producer.send(message, Timeout::After(self.config.delivery_timeout)).instrument(span.clone()).await;
         match delivered {
@@ -78,10 +79,30 @@ impl KafkaSink {
             }
             Err((source, _message)) => {
                 span.record("otel.status_code", "ERROR");
-                Err(SinkError::KafkaDelivery { id: record.id.clone(), source })
+                Err(SinkError::KafkaDelivery { records: records.len(), source })
             }
         }
     }
+}
+
+/// Splits records into runs whose encoded batch stays within `max_bytes`
+/// (a record bigger than that on its own still gets a message).
+fn chunks_within(records: &[TweetRecord], max_bytes: usize) -> Vec<&[TweetRecord]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (index, record) in records.iter().enumerate() {
+        // Field tag, length prefix and the record.
+        let size = 1 + prost::length_delimiter_len(record.encoded_len()) + record.encoded_len();
+        if index > start && bytes + size > max_bytes {
+            chunks.push(&records[start..index]);
+            (start, bytes) = (index, 0);
+        }
+        bytes += size;
+    }
+    if start < records.len() {
+        chunks.push(&records[start..]);
+    }
+    chunks
 }
 
 impl Sink for KafkaSink {
@@ -89,10 +110,14 @@ impl Sink for KafkaSink {
         "kafka"
     }
 
+    fn destination(&self) -> &str {
+        &self.broker.topic
+    }
+
     async fn publish(&self, records: &[TweetRecord]) -> Result<(), SinkError> {
         self.ensure_topic().await?;
-        // All records are enqueued before any is awaited, so they share batches.
-        try_join_all(records.iter().map(|record| self.publish_one(record))).await?;
+        let chunks = chunks_within(records, self.config.max_message_bytes);
+        try_join_all(chunks.into_iter().map(|chunk| self.publish_message(chunk))).await?;
         Ok(())
     }
 

@@ -51,50 +51,46 @@ impl RabbitMqSink {
         Ok(channel)
     }
 
+    /// Publishes the records as one persistent message and waits for its confirm.
     async fn publish_confirmed(&self, channel: &Channel, records: &[TweetRecord]) -> Result<(), SinkError> {
-        let mandatory = BasicPublishOptions { mandatory: true, ..Default::default() };
-        let mut confirms = Vec::with_capacity(records.len());
-        // Publish everything first, then await the confirms: one round trip per request, not per tweet.
         let exchange = &self.broker.exchange;
-        for record in records {
-            let span = crate::sinks::publish_span("rabbitmq", exchange, &record.id);
-            span.record("messaging.rabbitmq.destination.routing_key", ROUTING_KEY);
-            let mut headers = FieldTable::default();
-            headers.insert(envelope::HEADER_TWEET_ID.into(), AMQPValue::LongString(record.id.as_str().into()));
-            // The consumer's process span becomes a child of this publish span.
-            clima_telemetry::propagation::inject(&span, &mut trace_headers::Inject(&mut headers));
-            let properties = BasicProperties::default()
-                .with_delivery_mode(PERSISTENT)
-                .with_content_type(envelope::CONTENT_TYPE.into())
-                .with_message_id(record.id.as_str().into())
-                .with_headers(headers);
-            let payload = envelope::encode(record);
+        let span = crate::sinks::publish_span("rabbitmq", exchange, records);
+        span.record("messaging.rabbitmq.destination.routing_key", ROUTING_KEY);
+        let mut headers = FieldTable::default();
+        headers.insert(envelope::HEADER_TWEET_COUNT.into(), AMQPValue::LongLongInt(records.len() as i64));
+        // The consumer's batch span links here; each tweet's own trace travels in its record.
+        clima_telemetry::propagation::inject(&span, &mut trace_headers::Inject(&mut headers));
+        let properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type(envelope::CONTENT_TYPE.into())
+            .with_headers(headers);
+        let payload = envelope::encode(records);
+        // mandatory: a message no queue takes comes back instead of vanishing.
+        let mandatory = BasicPublishOptions { mandatory: true, ..Default::default() };
+        let confirmed = async {
             let confirm = channel
                 .basic_publish(exchange.as_str().into(), ROUTING_KEY.into(), mandatory, &payload, properties)
-                .instrument(span.clone())
                 .await?;
-            confirms.push((record, confirm, span));
+            confirm_of(records.len(), confirm.await?)
         }
-        for (record, confirm, span) in confirms {
-            let confirmed = confirm_of(record, confirm.instrument(span.clone()).await?);
-            if confirmed.is_err() {
-                span.record("otel.status_code", "ERROR");
-            }
-            confirmed?;
+        .instrument(span.clone())
+        .await;
+        if confirmed.is_err() {
+            span.record("otel.status_code", "ERROR");
         }
-        Ok(())
+        confirmed
     }
 }
 
 /// A publish is confirmed when RabbitMQ acked it without returning it: a
 /// returned message means no queue took it.
-fn confirm_of(record: &TweetRecord, confirmation: lapin::Confirmation) -> Result<(), SinkError> {
+fn confirm_of(records: usize, confirmation: lapin::Confirmation) -> Result<(), SinkError> {
     if !confirmation.is_ack() {
-        return Err(SinkError::RabbitMqNack { id: record.id.clone() });
+        return Err(SinkError::RabbitMqNack { records });
     }
     match confirmation.take_message() {
         Some(returned) => Err(SinkError::RabbitMqUnroutable {
-            id: record.id.clone(),
+            records,
             reply: format!("{} {}", returned.reply_code, returned.reply_text),
         }),
         None => Ok(()),
@@ -104,6 +100,10 @@ fn confirm_of(record: &TweetRecord, confirmation: lapin::Confirmation) -> Result
 impl Sink for RabbitMqSink {
     fn name(&self) -> &'static str {
         "rabbitmq"
+    }
+
+    fn destination(&self) -> &str {
+        &self.broker.exchange
     }
 
     async fn publish(&self, records: &[TweetRecord]) -> Result<(), SinkError> {

@@ -1,0 +1,119 @@
+//! Group commit of `POST /input` requests.
+//!
+//! Concurrent requests share writer calls: each request hands its records to
+//! one dispatcher, which sends whatever has queued up as one `Publish` call per
+//! writer (so one broker message per broker) and answers every request of the
+//! batch with that call's result. There is no timer: with a free call slot a
+//! lone request goes at once, and only while every slot is busy do requests
+//! wait, and then they leave together. So batches grow with the load and
+//! latency does not pay for them at low load.
+//!
+//! A request's records never straddle two batches, and a batch succeeds or
+//! fails as a whole, so each request is still all or nothing, and 202 still
+//! means both brokers acknowledged every one of its tweets.
+
+use std::sync::Arc;
+
+use clima_proto::v1::TweetRecord;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Span;
+
+use crate::{ApiError, Writers};
+
+/// Hands requests' records to the dispatcher task.
+pub(crate) struct Batcher {
+    queue: mpsc::Sender<Pending>,
+}
+
+/// One request's records, waiting for its batch to be confirmed.
+struct Pending {
+    records: Vec<TweetRecord>,
+    /// The request's span: the batch's gRPC spans are its children (first
+    /// request) or link to it (the others).
+    span: Span,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+impl Batcher {
+    /// Starts the dispatcher: batches of at most `max_tweets` records, at most
+    /// `max_in_flight` of them being published at once.
+    pub(crate) fn start(writers: Arc<Writers>, max_tweets: usize, max_in_flight: usize) -> Self {
+        // Bounded by the request concurrency limit in practice; the bound
+        // only keeps a misconfiguration from growing it without limit.
+        let (queue, pending) = mpsc::channel(64 * 1024);
+        tokio::spawn(dispatch(pending, writers, max_tweets.max(1), max_in_flight.max(1)));
+        Self { queue }
+    }
+
+    /// Publishes the records with whichever requests are waiting too; `Ok`
+    /// once every writer confirmed them.
+    pub(crate) async fn publish(&self, records: Vec<TweetRecord>) -> Result<(), ApiError> {
+        let (done, answer) = oneshot::channel();
+        let pending = Pending { records, span: Span::current(), done };
+        self.queue.send(pending).await.map_err(|_| ApiError::Unavailable("the API is shutting down".into()))?;
+        match answer.await {
+            Ok(result) => result.map_err(ApiError::Unavailable),
+            Err(_) => Err(ApiError::Unavailable("the batch was abandoned; retry the request".into())),
+        }
+    }
+}
+
+async fn dispatch(
+    mut pending: mpsc::Receiver<Pending>,
+    writers: Arc<Writers>,
+    max_tweets: usize,
+    max_in_flight: usize,
+) {
+    let slots = Arc::new(Semaphore::new(max_in_flight));
+    // A request that did not fit into the last batch starts the next one.
+    let mut carried: Option<Pending> = None;
+    loop {
+        // Waiting for a slot first is what lets the queue fill up into a batch.
+        let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match pending.recv().await {
+                Some(first) => first,
+                None => break,
+            },
+        };
+        let mut tweets = first.records.len();
+        let mut batch = vec![first];
+        while tweets < max_tweets {
+            match pending.try_recv() {
+                Ok(next) if tweets + next.records.len() <= max_tweets => {
+                    tweets += next.records.len();
+                    batch.push(next);
+                }
+                Ok(next) => {
+                    carried = Some(next);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let writers = Arc::clone(&writers);
+        tokio::spawn(async move {
+            publish_batch(&writers, batch, tweets).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn publish_batch(writers: &Writers, batch: Vec<Pending>, tweets: usize) {
+    metrics::histogram!("clima_api_batch_tweets").record(tweets as f64);
+    metrics::histogram!("clima_api_batch_requests").record(batch.len() as f64);
+    let mut records = Vec::with_capacity(tweets);
+    let mut spans = Vec::with_capacity(batch.len());
+    let mut answers = Vec::with_capacity(batch.len());
+    for request in batch {
+        records.extend(request.records);
+        spans.push(request.span);
+        answers.push(request.done);
+    }
+    let result = writers.publish(&records, &spans).await.map_err(|error| error.to_string());
+    for answer in answers {
+        // A request whose client went away no longer listens; nothing to tell it.
+        let _ = answer.send(result.clone());
+    }
+}
