@@ -100,6 +100,9 @@ pub async fn run(
         // tansu's group coordinator (sqlite) missed heartbeats under load and
         // rebalanced over and over after a consumer restart (ci/faults).
         .set("statistics.interval.ms", "5000")
+        // fetch.wait.max.ms stays at librdkafka's 500 ms although it bounds
+        // POST→counted at low load: with 20 or 100 ms tansu 0.6 stopped
+        // delivering to the group at all (clima-bench, ci/bench).
         .create_with_context(LagReporter)?;
     consumer.subscribe(&[&broker.topic])?;
     tracing::info!(topic = %broker.topic, group = %source.group, "kafka consumer started");

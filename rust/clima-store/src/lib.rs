@@ -103,18 +103,30 @@ const COUNT_BATCH_LUA: &str = r#"
 local seen_prefix, minute_prefix = ARGV[1], ARGV[2]
 local dedupe_ttl, minute_ttl = ARGV[3], ARGV[4]
 local counted = 0
+-- Only the dedupe marker is per tweet; the counters of the new tweets are
+-- summed here and written once per distinct field.
+local by_country, by_weather, by_pair, by_minute = {}, {}, {}, {}
 for i = 5, #ARGV, 4 do
   local id, country, weather, minute = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if redis.call('SET', seen_prefix .. id, '1', 'NX', 'EX', dedupe_ttl) then
-    redis.call('INCR', KEYS[1])
-    redis.call('HINCRBY', KEYS[2], country, 1)
-    redis.call('HINCRBY', KEYS[3], weather, 1)
-    redis.call('HINCRBY', KEYS[4], country .. ':' .. weather, 1)
+    counted = counted + 1
+    by_country[country] = (by_country[country] or 0) + 1
+    by_weather[weather] = (by_weather[weather] or 0) + 1
+    local pair = country .. ':' .. weather
+    by_pair[pair] = (by_pair[pair] or 0) + 1
+    by_minute[minute] = (by_minute[minute] or 0) + 1
+  end
+end
+if counted > 0 then
+  redis.call('INCRBY', KEYS[1], counted)
+  for field, n in pairs(by_country) do redis.call('HINCRBY', KEYS[2], field, n) end
+  for field, n in pairs(by_weather) do redis.call('HINCRBY', KEYS[3], field, n) end
+  for field, n in pairs(by_pair) do redis.call('HINCRBY', KEYS[4], field, n) end
+  for minute, n in pairs(by_minute) do
     local minute_key = minute_prefix .. minute
-    if redis.call('INCR', minute_key) == 1 then
+    if redis.call('INCRBY', minute_key, n) == n then
       redis.call('EXPIRE', minute_key, minute_ttl)
     end
-    counted = counted + 1
   end
 end
 return counted

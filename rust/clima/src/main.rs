@@ -6,6 +6,11 @@ mod telemetry;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: per-request allocations were a sixth of the API's CPU time with
+/// glibc's malloc (perf, ci/bench), and it returns memory to the system sooner.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tweets del Clima: weather reports over HTTP, published to Kafka and
 /// RabbitMQ, counted exactly once in Redis and Valkey.
 ///

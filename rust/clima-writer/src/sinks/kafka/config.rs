@@ -2,8 +2,9 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaSinkConfig {
-    /// How long the producer waits to fill a batch (librdkafka linger.ms).
-    #[arg(long = "kafka-linger", env = "CLIMA_KAFKA_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
+    /// How long the producer waits to fill a batch (librdkafka linger.ms). Each
+    /// message already holds a batch of tweets, so a long linger only adds latency.
+    #[arg(long = "kafka-linger", env = "CLIMA_KAFKA_LINGER", default_value = "1ms", value_parser = humantime::parse_duration)]
     pub linger: Duration,
 
     /// How long a record may wait for the broker's acknowledgement before the
@@ -31,7 +32,7 @@ pub struct KafkaSinkConfig {
 impl Default for KafkaSinkConfig {
     fn default() -> Self {
         Self {
-            linger: Duration::from_millis(5),
+            linger: Duration::from_millis(1),
             delivery_timeout: Duration::from_secs(10),
             idempotence: true,
             compression: "none".into(),

@@ -8,6 +8,7 @@ use prost::Message;
 use rdkafka::{
     admin::AdminClient,
     client::DefaultClientContext,
+    error::RDKafkaErrorCode,
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
@@ -79,6 +80,13 @@ impl KafkaSink {
             }
             Err((source, _message)) => {
                 span.record("otel.status_code", "ERROR");
+                if matches!(
+                    source.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition)
+                ) {
+                    // Deleted under us: the next publish creates it again.
+                    self.topic_ready.store(false, Ordering::Release);
+                }
                 Err(SinkError::KafkaDelivery { records: records.len(), source })
             }
         }

@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""The benchmark's measurements, run by ci/bench once the stack is up.
+
+One run, one machine: raw ceilings first, then clima end to end, so the ratio
+between them is not skewed by a machine that got busier in between. Every
+clima figure comes from `clima load --json` (HDR histograms, counts verified
+in both stores); RSS and CPU come from /proc of each service's PID.
+"""
+
+import datetime
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(os.environ["CLIMA_ROOT"])
+STATE = Path(os.environ["CLIMA_STATE"])
+OUT = Path(os.environ["CLIMA_BENCH_OUT"])
+SCALE = float(os.environ.get("CLIMA_BENCH_SCALE", "1"))
+CLIMA = ROOT / "target/release/clima"
+BENCH = ROOT / "target/release/clima-bench"
+API = f"http://127.0.0.1:{os.environ['API_PORT']}/input"
+SERVICES = ["api", "writer-kafka", "writer-rabbitmq", "consumer-kafka", "consumer-rabbitmq", "dashboard"]
+HELLO_PORT, OTLP_PORT = 8099, 4317
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def n(count):
+    return max(100, int(count * SCALE))
+
+
+def say(message):
+    print(f"\033[1;34m==>\033[0m {message}", flush=True)
+
+
+def service_pids():
+    return {name: int((STATE / "pids" / f"{name}.pid").read_text()) for name in SERVICES}
+
+
+def sample(pid):
+    """(RSS in MiB, CPU seconds so far) of a process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return rss_kib / 1024, (int(fields[11]) + int(fields[12])) / TICKS
+
+
+class Sampler:
+    """Peak RSS and CPU use (cores) of every service while a block runs."""
+
+    def __init__(self):
+        self.pids = service_pids()
+        self.peak = {name: 0.0 for name in self.pids}
+        self.stop = threading.Event()
+
+    def __enter__(self):
+        self.started = time.monotonic()
+        self.cpu_before = {name: sample(pid)[1] for name, pid in self.pids.items()}
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        return self
+
+    def run(self):
+        while not self.stop.is_set():
+            for name, pid in self.pids.items():
+                self.peak[name] = max(self.peak[name], sample(pid)[0])
+            self.stop.wait(0.2)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        wall = time.monotonic() - self.started
+        self.result = {
+            name: {
+                "rss_peak_mib": round(self.peak[name], 1),
+                "cpu_cores": round((sample(pid)[1] - self.cpu_before[name]) / wall, 3),
+            }
+            for name, pid in self.pids.items()
+        }
+
+
+def json_lines(command):
+    command = [str(part) for part in command]
+    say(" ".join(command))
+    output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def load(*args):
+    """Runs `clima load` with --json and returns its report."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as report:
+        command = [str(CLIMA), "load", "--json", report.name, *map(str, args)]
+        say(" ".join(command))
+        subprocess.run(command, check=True, stdout=sys.stderr)
+        return json.loads(Path(report.name).read_text())
+
+
+def wait_port(port, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def restart_stack(extra_env):
+    say("restarting the clima services" + (f" with {extra_env}" if extra_env else ""))
+    subprocess.run(["bash", str(ROOT / "ci/up")], check=True, env={**os.environ, **extra_env}, stdout=sys.stderr)
+
+
+def ceilings():
+    rates = []
+    rates += json_lines([BENCH, "kafka", "--messages", n(200_000)])
+    rates += json_lines([BENCH, "rabbitmq", "--queue-type", "quorum", "--messages", n(50_000)])
+    rates += json_lines([BENCH, "rabbitmq", "--queue-type", "classic", "--messages", n(30_000)])
+    rates += json_lines([BENCH, "store", "--name", "redis", "--url", f"redis://127.0.0.1:{os.environ['REDIS_PORT']}",
+                         "--operations", n(1_000_000)])
+    rates += json_lines([BENCH, "store", "--name", "valkey", "--url", f"redis://127.0.0.1:{os.environ['VALKEY_PORT']}",
+                         "--operations", n(1_000_000)])
+    hello = subprocess.Popen([str(BENCH), "http-hello", "--listen", f"127.0.0.1:{HELLO_PORT}"])
+    try:
+        wait_port(HELLO_PORT)
+        report = load("--url", f"http://127.0.0.1:{HELLO_PORT}/input", "--count", n(200_000), "--concurrency", 64)
+    finally:
+        hello.send_signal(signal.SIGTERM)
+        hello.wait()
+    rates.append({"ceiling": "http (axum hello world)", "operation": "POST → 202", "count": report["accepted"],
+                  "seconds": report["elapsed_s"], "per_second": report["accepted_per_s"]})
+    return rates
+
+
+def idle():
+    say("idle services: 5 s")
+    with Sampler() as sampler:
+        time.sleep(5)
+    return sampler.result
+
+
+def end_to_end():
+    runs = {}
+    with Sampler() as sampler:
+        runs["single"] = load("--count", n(200_000), "--concurrency", 1024, "--verify")
+    runs["single"]["services"] = sampler.result
+    with Sampler() as sampler:
+        runs["arrays_of_100"] = load("--count", n(1_000_000), "--batch", 100, "--concurrency", 32, "--verify")
+    runs["arrays_of_100"]["services"] = sampler.result
+    for rate in (1000, 5000):
+        runs[f"open_{rate}"] = load("--rate", rate, "--count", n(rate * 10), "--concurrency", 2048, "--verify")
+    return runs
+
+
+def tracing_cost():
+    sink = subprocess.Popen([str(BENCH), "otlp-sink", "--listen", f"127.0.0.1:{OTLP_PORT}"], stdout=subprocess.PIPE, text=True)
+    try:
+        wait_port(OTLP_PORT)
+        restart_stack({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{OTLP_PORT}", "OTEL_TRACES_SAMPLER": "always_on"})
+        traced = load("--count", n(200_000), "--concurrency", 1024, "--verify")
+    finally:
+        restart_stack({})
+        sink.send_signal(signal.SIGTERM)
+        spans = json.loads(sink.communicate()[0].strip().splitlines()[-1])["spans_received"]
+    traced["spans_received"] = spans
+    return traced
+
+
+def machine():
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], stdout=subprocess.PIPE,
+                            text=True).stdout.strip()
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": round(os.sysconf("SC_PAGE_SIZE") *
+            os.sysconf("SC_PHYS_PAGES") / 2**30), "kernel": platform.release(), "commit": commit,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "scale": SCALE,
+            "kafka": "tansu 0.6 (sqlite)" if "memory" not in os.environ.get("CLIMA_KAFKA_STORAGE", "") else "tansu 0.6 (memory)"}
+
+
+def markdown(result):
+    m, runs, idle_services = result["machine"], result["clima"], result["idle"]
+    lines = [f"Machine: {m['cpus']} × {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}; "
+             f"load generator, services and brokers on the same machine; Kafka = {m['kafka']}; "
+             f"commit {m['commit']}, {m['date']}.", "",
+             "| raw ceiling | operation | per second |", "| --- | --- | ---: |"]
+    lines += [f"| {r['ceiling']} | {r['operation']} | {r['per_second']:,.0f} |" for r in result["ceilings"]]
+    slowest = result["slowest_ceiling"]
+    lines += ["", "| clima run | accepted/s | counted end to end/s | POST p50 / p99 / max (ms) | "
+              "POST→counted p99 Redis / Valkey (ms) | exact |", "| --- | ---: | ---: | --- | --- | --- |"]
+    names = {"single": "single objects, closed loop, 1024 connections",
+             "arrays_of_100": "arrays of 100, closed loop, 32 connections",
+             "open_1000": "open loop, 1,000 tweets/s", "open_5000": "open loop, 5,000 tweets/s",
+             "traced": "single objects, tracing on (100 % sampled)"}
+    for key, run in runs.items():
+        latency, counted = run["request_latency_ms"], run["counted"]
+        lines.append(f"| {names[key]} | {run['accepted_per_s']:,.0f} | {counted['end_to_end_per_s']:,.0f} | "
+                     f"{latency['p50']:.1f} / {latency['p99']:.1f} / {latency['max']:.1f} | "
+                     f"{counted['redis_post_to_counted_ms']['p99']:.0f} / "
+                     f"{counted['valkey_post_to_counted_ms']['p99']:.0f} | {'yes' if counted['exact'] else 'NO'} |")
+    lines += ["", f"Slowest raw ceiling: {slowest['ceiling']} {slowest['operation']}, {slowest['per_second']:,.0f}/s; "
+              f"clima end to end (single objects) = **{result['ratio_to_slowest_ceiling']:.0%}** of it. "
+              f"Tracing at 100 % sampling costs {result['tracing_cost']:.0%} of the end-to-end rate "
+              f"({runs['traced']['spans_received']:,} spans exported).", "",
+              "| service | RSS idle (MiB) | RSS peak, single objects (MiB) | CPU, single objects (cores) |",
+              "| --- | ---: | ---: | ---: |"]
+    load_services = runs["single"]["services"]
+    for name in SERVICES:
+        lines.append(f"| {name} | {idle_services[name]['rss_peak_mib']} | {load_services[name]['rss_peak_mib']} | "
+                     f"{load_services[name]['cpu_cores']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    result = {"machine": machine(), "ceilings": ceilings(), "idle": idle(), "clima": end_to_end()}
+    result["clima"]["traced"] = tracing_cost()
+    slowest = min(result["ceilings"], key=lambda rate: rate["per_second"])
+    single = result["clima"]["single"]["counted"]["end_to_end_per_s"]
+    result["slowest_ceiling"] = slowest
+    result["ratio_to_slowest_ceiling"] = single / slowest["per_second"]
+    result["tracing_cost"] = 1 - result["clima"]["traced"]["counted"]["end_to_end_per_s"] / single
+    (OUT / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    (OUT / "bench.md").write_text(table)
+    print(table)
+    if not all(run["counted"]["exact"] for run in result["clima"].values()):
+        raise SystemExit("a run's counts were not exact: see bench.md")
+
+
+if __name__ == "__main__":
+    main()

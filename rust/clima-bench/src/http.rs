@@ -1,0 +1,19 @@
+use axum::{Router, http::StatusCode, routing::post};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where to listen; `clima load --url http://<this>/input` measures it.
+    #[arg(long, default_value = "127.0.0.1:8099")]
+    listen: String,
+}
+
+/// Serves `POST /input` → 202 `{"accepted":1}` (what `clima load` expects of
+/// a single-object request) until killed: the same tokio, hyper and axum
+/// stack as `clima api`, without the work.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/input", post(|_body: axum::body::Bytes| async { (StatusCode::ACCEPTED, r#"{"accepted":1}"#) }));
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}

@@ -1,0 +1,91 @@
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, future::join_all};
+use rdkafka::{
+    ClientConfig, Message,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{Consumer, StreamConsumer},
+    producer::{FutureProducer, FutureRecord},
+};
+
+use crate::{Rate, payload};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, default_value_t = 200_000)]
+    messages: u64,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Vec<Rate>> {
+    let topic = format!("clima-bench-{}", uuid::Uuid::now_v7().simple());
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &args.brokers);
+    let admin: AdminClient<DefaultClientContext> = config.create()?;
+    let created = admin
+        .create_topics(&[NewTopic::new(&topic, args.partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .await?;
+    for result in created {
+        result.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code}"))?;
+    }
+
+    // acks=all as clima's writer; no idempotence (tansu 0.6, see ARCHITECTURE.md);
+    // librdkafka batches everything enqueued (linger 5 ms).
+    let producer: FutureProducer = config
+        .clone()
+        .set("acks", "all")
+        .set("enable.idempotence", "false")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let body = payload(args.size);
+    let started = Instant::now();
+    // In windows, so the client's queue never overflows.
+    let mut sent = 0;
+    while sent < args.messages {
+        let window = (args.messages - sent).min(50_000);
+        let deliveries = (0..window)
+            .map(|_| producer.send(FutureRecord::<(), _>::to(&topic).payload(&body), Duration::from_secs(60)));
+        for delivery in join_all(deliveries).await {
+            delivery.map_err(|(error, _)| error)?;
+        }
+        sent += window;
+    }
+    let produced = Rate::new("kafka", "produce (acks=all)", args.messages, started.elapsed());
+    eprintln!("kafka: produced {} messages at {:.0}/s; consuming", produced.count, produced.per_second);
+
+    let consumer: StreamConsumer = config
+        .set("group.id", &topic)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[&topic])?;
+    let mut stream = consumer.stream();
+    let mut started = None;
+    let mut received = 0;
+    while received < args.messages {
+        match tokio::time::timeout(Duration::from_secs(60), stream.next()).await? {
+            Some(Ok(message)) if message.payload().is_some() => {
+                // The clock starts at the first message: the group join is not consuming.
+                started.get_or_insert_with(Instant::now);
+                received += 1;
+            }
+            Some(Ok(_)) => {}
+            // librdkafka reconnects by itself; tansu drops idle connections.
+            Some(Err(error)) => eprintln!("kafka consumer: {error}; continuing"),
+            None => anyhow::bail!("the consumer stream ended"),
+        }
+    }
+    let started = started.unwrap_or_else(Instant::now);
+    let consumed = Rate::new("kafka", "consume", received, started.elapsed());
+    // The topic stays: tansu 0.6 deletes every topic on a DeleteTopics request
+    // (seen here: the clima topics went with it).
+    Ok(vec![produced, consumed])
+}
