@@ -119,7 +119,8 @@ def restart_stack(extra_env):
 
 def ceilings():
     rates = []
-    rates += json_lines([BENCH, "kafka", "--messages", n(200_000)])
+    # More than ~35,000 messages and tansu 0.6 stopped delivering to the consumer (seen here).
+    rates += json_lines([BENCH, "kafka", "--messages", n(30_000)])
     rates += json_lines([BENCH, "rabbitmq", "--queue-type", "quorum", "--messages", n(50_000)])
     rates += json_lines([BENCH, "rabbitmq", "--queue-type", "classic", "--messages", n(30_000)])
     rates += json_lines([BENCH, "store", "--name", "redis", "--url", f"redis://127.0.0.1:{os.environ['REDIS_PORT']}",
@@ -147,14 +148,16 @@ def idle():
 
 def end_to_end():
     runs = {}
+    # Latency first, on the fresh Kafka database: tansu's produce latency grows
+    # with the database (see ci/bench).
+    for rate in (1000, 5000):
+        runs[f"open_{rate}"] = load("--rate", rate, "--count", n(rate * 10), "--concurrency", 2048, "--verify")
     with Sampler() as sampler:
         runs["single"] = load("--count", n(200_000), "--concurrency", 1024, "--verify")
     runs["single"]["services"] = sampler.result
     with Sampler() as sampler:
-        runs["arrays_of_100"] = load("--count", n(1_000_000), "--batch", 100, "--concurrency", 32, "--verify")
+        runs["arrays_of_100"] = load("--count", n(500_000), "--batch", 100, "--concurrency", 32, "--verify")
     runs["arrays_of_100"]["services"] = sampler.result
-    for rate in (1000, 5000):
-        runs[f"open_{rate}"] = load("--rate", rate, "--count", n(rate * 10), "--concurrency", 2048, "--verify")
     return runs
 
 

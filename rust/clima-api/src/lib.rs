@@ -18,6 +18,7 @@ use std::{convert::Infallible, future::Future, sync::Arc};
 
 use axum::{
     Router,
+    serve::ListenerExt,
     extract::DefaultBodyLimit,
     routing::{get, post},
 };
@@ -72,5 +73,11 @@ pub async fn serve(
 ) -> Result<(), ApiError> {
     let app = router(config)?;
     tracing::info!(address = ?listener.local_addr().ok(), "api listening");
+    // No Nagle delay on small 202 answers behind a client's keep-alive connection.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set");
+        }
+    });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(ApiError::Serve)
 }

@@ -1,4 +1,4 @@
-use axum::{Router, http::StatusCode, routing::post};
+use axum::{Router, http::StatusCode, routing::post, serve::ListenerExt};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -13,7 +13,10 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/input", post(|_body: axum::body::Bytes| async { (StatusCode::ACCEPTED, r#"{"accepted":1}"#) }));
-    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    // As `clima api` does.
+    let listener = tokio::net::TcpListener::bind(&args.listen).await?.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     axum::serve(listener, app).await?;
     Ok(())
 }
