@@ -18,9 +18,9 @@ use std::{convert::Infallible, future::Future, sync::Arc};
 
 use axum::{
     Router,
-    serve::ListenerExt,
     extract::DefaultBodyLimit,
     routing::{get, post},
+    serve::ListenerExt,
 };
 use tokio::net::TcpListener;
 
