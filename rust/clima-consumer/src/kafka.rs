@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use clima_broker::kafka::KafkaArgs;
+use clima_broker::kafka::{KafkaArgs, trace_headers};
 use clima_proto::v1::TweetRecord;
 use clima_store::CounterStore;
 use clima_tweet::envelope;
@@ -175,7 +175,11 @@ fn add(batch: &mut Batch, message: &BorrowedMessage<'_>) {
     record_received(Source::Kafka, decoded.as_ref().ok().map(Vec::len));
     match decoded {
         Ok(records) => {
-            batch.spans.extend(process_spans("kafka", message.topic(), &records));
+            let spans = match message.headers() {
+                Some(headers) => process_spans("kafka", message.topic(), &records, &trace_headers::Extract(headers)),
+                None => process_spans("kafka", message.topic(), &records, &std::collections::HashMap::new()),
+            };
+            batch.spans.extend(spans);
             batch.records.extend(records);
         }
         Err(error) => {

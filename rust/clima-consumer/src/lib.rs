@@ -75,9 +75,15 @@ impl Source {
 
 /// The process spans of the tweets of one received message: one per traced
 /// record, a child of the creation span the writer left in the record, so every
-/// tweet's trace runs from its HTTP request to its store write. Untraced
+/// tweet's trace runs from its HTTP request to its store write, and linked to
+/// the message's publish span (its context is in the message headers). Untraced
 /// records (tracing off upstream) get none and cost nothing.
-pub(crate) fn process_spans(system: &'static str, destination: &str, records: &[TweetRecord]) -> Vec<Span> {
+pub(crate) fn process_spans(
+    system: &'static str,
+    destination: &str,
+    records: &[TweetRecord],
+    message_headers: &dyn opentelemetry::propagation::Extractor,
+) -> Vec<Span> {
     records
         .iter()
         .filter(|record| !record.trace_context.is_empty())
@@ -94,6 +100,7 @@ pub(crate) fn process_spans(system: &'static str, destination: &str, records: &[
                 messaging.message.id = %record.id,
             );
             clima_telemetry::propagation::set_parent(&span, &record.trace_context);
+            clima_telemetry::propagation::add_link_from(&span, message_headers);
             span
         })
         .collect()

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use clima_broker::rabbitmq::RabbitMqArgs;
+use clima_broker::rabbitmq::{RabbitMqArgs, trace_headers};
 use clima_store::CounterStore;
 use clima_tweet::envelope;
 use futures::StreamExt;
@@ -126,7 +126,8 @@ async fn consume(
             record_received(Source::RabbitMq, decoded.as_ref().ok().map(Vec::len));
             match decoded {
                 Ok(decoded) => {
-                    spans.extend(process_spans("rabbitmq", delivery.exchange.as_str(), &decoded));
+                    let headers = trace_headers::Extract(delivery.properties.headers().as_ref());
+                    spans.extend(process_spans("rabbitmq", delivery.exchange.as_str(), &decoded, &headers));
                     records.extend(decoded);
                     last_valid_tag = Some(delivery.delivery_tag);
                 }

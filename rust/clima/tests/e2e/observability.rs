@@ -131,6 +131,10 @@ async fn one_trace_follows_a_tweet_from_the_http_request_into_redis_and_valkey()
             .unwrap_or_else(|| panic!("no {broker} process span"));
         assert_eq!(string_attribute(process, "messaging.operation.type").as_deref(), Some("process"));
         assert_child(process, create);
+        assert!(
+            process.links.iter().any(|link| link.span_id == publish.span_id),
+            "the process span links to the publish span of the message that carried the tweet"
+        );
 
         let write = spans.iter().find(|(_, span)| is_store_write(span, store)).map(|(_, span)| span).unwrap();
         assert_eq!(write.kind, SpanKind::Client as i32);
