@@ -41,15 +41,24 @@ pub enum EnvelopeError {
     },
 }
 
+/// Field number of `TweetBatch.records`.
+const RECORDS_FIELD: u32 = 1;
+
 /// Encodes records as one broker message body (a `TweetBatch`).
 pub fn encode(records: &[TweetRecord]) -> Vec<u8> {
     // Length-delimited field 1, repeated: exactly what `TweetBatch { records }`
     // encodes to, without cloning the records into one.
-    let mut body = Vec::with_capacity(records.iter().map(|r| r.encoded_len() + 3).sum());
+    let mut body = Vec::with_capacity(records.iter().map(encoded_size).sum());
     for record in records {
-        prost::encoding::message::encode(1, record, &mut body);
+        prost::encoding::message::encode(RECORDS_FIELD, record, &mut body);
     }
     body
+}
+
+/// The bytes `record` adds to an [`encode`]d body (field tag, length, record),
+/// so a body's size is known before encoding it.
+pub fn encoded_size(record: &TweetRecord) -> usize {
+    prost::encoding::message::encoded_len(RECORDS_FIELD, record)
 }
 
 /// Decodes and validates a broker message body by its content type; a message

@@ -85,6 +85,7 @@ fn envelope_round_trips_and_validates() {
     assert_eq!(envelope::decode(None, &body).unwrap(), batch, "no content type: a TweetBatch");
     // The hand-rolled encoding is byte for byte the generated one.
     assert_eq!(body, TweetBatch { records: batch.clone() }.encode_to_vec());
+    assert_eq!(body.len(), batch.iter().map(envelope::encoded_size).sum::<usize>());
     assert_eq!(received_minute(&batch[0]), 1_700_000_000 / 60);
 
     // One-record messages of earlier versions still decode.

@@ -4,7 +4,6 @@ use clima_broker::kafka::{KafkaArgs, trace_headers};
 use clima_proto::v1::TweetRecord;
 use clima_tweet::envelope;
 use futures::future::try_join_all;
-use prost::Message;
 use rdkafka::{
     admin::AdminClient,
     client::DefaultClientContext,
@@ -99,8 +98,7 @@ fn chunks_within(records: &[TweetRecord], max_bytes: usize) -> Vec<&[TweetRecord
     let mut chunks = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (index, record) in records.iter().enumerate() {
-        // Field tag, length prefix and the record.
-        let size = 1 + prost::length_delimiter_len(record.encoded_len()) + record.encoded_len();
+        let size = envelope::encoded_size(record);
         if index > start && bytes + size > max_bytes {
             chunks.push(&records[start..index]);
             (start, bytes) = (index, 0);
