@@ -7,49 +7,30 @@ clima figure comes from `clima load --json` (HDR histograms, counts verified
 in both stores); RSS and CPU come from /proc of each service's PID.
 """
 
-import datetime
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(os.environ["CLIMA_ROOT"])
-STATE = Path(os.environ["CLIMA_STATE"])
+from stack import ROOT, SERVICES, kafka_records, machine, sample, say, service_pids, tansu_db_mib
+from stack import load as load_report
+
 OUT = Path(os.environ["CLIMA_BENCH_OUT"])
 SCALE = float(os.environ.get("CLIMA_BENCH_SCALE", "1"))
-CLIMA = ROOT / "target/release/clima"
 BENCH = ROOT / "target/release/clima-bench"
-API = f"http://127.0.0.1:{os.environ['API_PORT']}/input"
-SERVICES = ["api", "writer-kafka", "writer-rabbitmq", "consumer-kafka", "consumer-rabbitmq", "dashboard"]
 HELLO_PORT, OTLP_PORT = 8099, 4317
-TICKS = os.sysconf("SC_CLK_TCK")
+# Tweets ci/bench adds before its runs on an aged database (issue 15: a user's
+# Kafka holds millions; the fresh-database figures alone hid a 100x slowdown).
+AGED_TWEETS = 1_000_000
 
 
 def n(count):
     return max(100, int(count * SCALE))
-
-
-def say(message):
-    print(f"\033[1;34m==>\033[0m {message}", flush=True)
-
-
-def service_pids():
-    return {name: int((STATE / "pids" / f"{name}.pid").read_text()) for name in SERVICES}
-
-
-def sample(pid):
-    """(RSS in MiB, CPU seconds so far) of a process."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return rss_kib / 1024, (int(fields[11]) + int(fields[12])) / TICKS
 
 
 class Sampler:
@@ -95,11 +76,7 @@ def json_lines(command):
 
 def load(*args):
     """Runs `clima load` with --json and returns its report."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as report:
-        command = [str(CLIMA), "load", "--json", report.name, *map(str, args)]
-        say(" ".join(command))
-        subprocess.run(command, check=True, stdout=sys.stderr)
-        return json.loads(Path(report.name).read_text())
+    return load_report(*args)[0]
 
 
 def wait_port(port, timeout=20):
@@ -161,6 +138,15 @@ def end_to_end():
     return runs
 
 
+def age_kafka():
+    """Fills the local Kafka as a user's stack has it after hours of use: single
+    tweets (many small records, the case tansu's sqlite engine is slowest at)
+    until its database holds about AGED_TWEETS more tweets."""
+    before = {"db_mib": round(tansu_db_mib(), 1), "kafka_records": kafka_records()}
+    load("--count", n(AGED_TWEETS), "--concurrency", 256, "--verify", "--verify-timeout", "600s")
+    return {"before": before, "after": {"db_mib": round(tansu_db_mib(), 1), "kafka_records": kafka_records()}}
+
+
 def tracing_cost():
     sink = subprocess.Popen([str(BENCH), "otlp-sink", "--listen", f"127.0.0.1:{OTLP_PORT}"], stdout=subprocess.PIPE, text=True)
     try:
@@ -175,15 +161,25 @@ def tracing_cost():
     return traced
 
 
-def machine():
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], stdout=subprocess.PIPE,
-                            text=True).stdout.strip()
-    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": round(os.sysconf("SC_PAGE_SIZE") *
-            os.sysconf("SC_PHYS_PAGES") / 2**30), "kernel": platform.release(), "commit": commit,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "scale": SCALE,
-            "kafka": "tansu 0.6 (sqlite)" if "memory" not in os.environ.get("CLIMA_KAFKA_STORAGE", "") else "tansu 0.6 (memory)"}
+def run_rows(runs):
+    rows = []
+    for key, run in runs.items():
+        latency, counted = run["request_latency_ms"], run["counted"]
+        rows.append(f"| {RUN_NAMES[key]} | {run['accepted_per_s']:,.0f} | {counted['end_to_end_per_s']:,.0f} | "
+                    f"{latency['p50']:.1f} / {latency['p99']:.1f} / {latency['max']:.1f} | "
+                    f"{counted['redis_post_to_counted_ms']['p50']:.0f} / {counted['redis_post_to_counted_ms']['p99']:.0f} | "
+                    f"{counted['valkey_post_to_counted_ms']['p50']:.0f} / "
+                    f"{counted['valkey_post_to_counted_ms']['p99']:.0f} | {'yes' if counted['exact'] else 'NO'} |")
+    return rows
+
+
+RUN_HEADER = ["| clima run | accepted/s | counted end to end/s | POST p50 / p99 / max (ms) | "
+              "POST→counted p50 / p99 Redis (ms) | POST→counted p50 / p99 Valkey (ms) | exact |",
+              "| --- | ---: | ---: | --- | --- | --- | --- |"]
+RUN_NAMES = {"single": "single objects, closed loop, 1024 connections",
+             "arrays_of_100": "arrays of 100, closed loop, 32 connections",
+             "open_1000": "open loop, 1,000 tweets/s", "open_5000": "open loop, 5,000 tweets/s",
+             "traced": "single objects, tracing on (100 % sampled)"}
 
 
 def markdown(result):
@@ -194,18 +190,12 @@ def markdown(result):
              "| raw ceiling | operation | per second |", "| --- | --- | ---: |"]
     lines += [f"| {r['ceiling']} | {r['operation']} | {r['per_second']:,.0f} |" for r in result["ceilings"]]
     slowest = result["slowest_ceiling"]
-    lines += ["", "| clima run | accepted/s | counted end to end/s | POST p50 / p99 / max (ms) | "
-              "POST→counted p99 Redis / Valkey (ms) | exact |", "| --- | ---: | ---: | --- | --- | --- |"]
-    names = {"single": "single objects, closed loop, 1024 connections",
-             "arrays_of_100": "arrays of 100, closed loop, 32 connections",
-             "open_1000": "open loop, 1,000 tweets/s", "open_5000": "open loop, 5,000 tweets/s",
-             "traced": "single objects, tracing on (100 % sampled)"}
-    for key, run in runs.items():
-        latency, counted = run["request_latency_ms"], run["counted"]
-        lines.append(f"| {names[key]} | {run['accepted_per_s']:,.0f} | {counted['end_to_end_per_s']:,.0f} | "
-                     f"{latency['p50']:.1f} / {latency['p99']:.1f} / {latency['max']:.1f} | "
-                     f"{counted['redis_post_to_counted_ms']['p99']:.0f} / "
-                     f"{counted['valkey_post_to_counted_ms']['p99']:.0f} | {'yes' if counted['exact'] else 'NO'} |")
+    aged = result["aged"]
+    lines += ["", "On a fresh Kafka database (tansu restarted on an empty one):", ""] + RUN_HEADER + run_rows(runs)
+    lines += ["", f"The same runs on an aged Kafka database: {aged['after']['kafka_records']:,} records, "
+              f"{aged['after']['db_mib']:,.0f} MiB, after {n(AGED_TWEETS):,} more single tweets "
+              f"(from {aged['before']['kafka_records']:,} records, {aged['before']['db_mib']:,.0f} MiB):", ""]
+    lines += RUN_HEADER + run_rows(aged["clima"])
     lines += ["", f"Slowest raw ceiling: {slowest['ceiling']} {slowest['operation']}, {slowest['per_second']:,.0f}/s; "
               f"clima end to end (single objects) = **{result['ratio_to_slowest_ceiling']:.0%}** of it. "
               f"Tracing at 100 % sampling costs {result['tracing_cost']:.0%} of the end-to-end rate "
@@ -221,8 +211,11 @@ def markdown(result):
 
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
-    result = {"machine": machine(), "ceilings": ceilings(), "idle": idle(), "clima": end_to_end()}
+    result = {"machine": {**machine(), "scale": SCALE}, "ceilings": ceilings(), "idle": idle(), "clima": end_to_end()}
     result["clima"]["traced"] = tracing_cost()
+    say("ageing the Kafka database, then the same runs again")
+    result["aged"] = age_kafka()
+    result["aged"]["clima"] = end_to_end()
     slowest = min(result["ceilings"], key=lambda rate: rate["per_second"])
     single = result["clima"]["single"]["counted"]["end_to_end_per_s"]
     result["slowest_ceiling"] = slowest
@@ -232,7 +225,7 @@ def main():
     table = markdown(result)
     (OUT / "bench.md").write_text(table)
     print(table)
-    if not all(run["counted"]["exact"] for run in result["clima"].values()):
+    if not all(run["counted"]["exact"] for run in [*result["clima"].values(), *result["aged"]["clima"].values()]):
         raise SystemExit("a run's counts were not exact: see bench.md")
 
 

@@ -26,6 +26,8 @@ DASHBOARD_PORT=${DASHBOARD_PORT:-8090}
 ADMIN_PORT_BASE=${ADMIN_PORT_BASE:-9100}
 
 TANSU_VERSION=0.6.0
+# Where tansu keeps its sqlite database (ci/bench points it at a scratch folder).
+TANSU_DIR=${CLIMA_TANSU_DIR:-$CLIMA_STATE/data/tansu}
 
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }

@@ -38,7 +38,16 @@ pub struct KafkaArgs {
 impl KafkaArgs {
     /// librdkafka settings common to every clima client of this cluster.
     pub fn client_config(&self) -> ClientConfig {
+        self.client_config_with_defaults(&[])
+    }
+
+    /// [`KafkaArgs::client_config`] over clima's own `defaults`, which a
+    /// `--kafka-option` of the same key overrides.
+    pub fn client_config_with_defaults(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
+        for (key, value) in defaults {
+            config.set(*key, *value);
+        }
         config.set("bootstrap.servers", &self.brokers);
         for (key, value) in &self.options {
             config.set(key, value);
@@ -76,7 +85,22 @@ fn parse_key_value(pair: &str) -> Result<(String, String), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_key_value;
+    use super::{KafkaArgs, parse_key_value};
+
+    #[test]
+    fn options_override_clima_defaults() {
+        let args = KafkaArgs {
+            brokers: "kafka:9092".into(),
+            topic: "t".into(),
+            partitions: 1,
+            replication_factor: 1,
+            options: vec![("fetch.wait.max.ms".into(), "200".into())],
+        };
+        let config = args.client_config_with_defaults(&[("fetch.wait.max.ms", "50"), ("linger.ms", "1")]);
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("200"));
+        assert_eq!(config.get("linger.ms"), Some("1"));
+        assert_eq!(config.get("bootstrap.servers"), Some("kafka:9092"));
+    }
 
     #[test]
     fn options_are_key_value_pairs() {

@@ -20,6 +20,16 @@ use crate::{
     retry_until_ok,
 };
 
+/// librdkafka settings of the consumer that `--kafka-option` may override.
+///
+/// `fetch.wait.max.ms`: librdkafka's 500 ms bounds POST→counted at low load,
+/// because a fetch with too little data waits that long (on tansu it always
+/// does). 50 ms took the Redis side's POST→counted p50 from ~280 to ~65 ms
+/// (issue 15) for at most 20 fetches a second per broker at idle. An earlier
+/// trial with 20 or 100 ms starved tansu's consumer groups; that was on the
+/// unindexed database (ci/infra-up), and the 30-minute soak held at 50 ms.
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[("fetch.wait.max.ms", "50")];
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaSourceConfig {
     /// Consumer group id; consumers of one group share the topic's partitions.
@@ -92,7 +102,7 @@ pub async fn run(
     let dead_letter_producer: FutureProducer =
         broker.client_config().set("acks", "all").set("enable.idempotence", "true").create()?;
     let consumer: TweetConsumer = broker
-        .client_config()
+        .client_config_with_defaults(CONSUMER_DEFAULTS)
         .set("group.id", &source.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -100,9 +110,6 @@ pub async fn run(
         // tansu's group coordinator (sqlite) missed heartbeats under load and
         // rebalanced over and over after a consumer restart (ci/faults).
         .set("statistics.interval.ms", "5000")
-        // fetch.wait.max.ms stays at librdkafka's 500 ms although it bounds
-        // POST→counted at low load: with 20 or 100 ms tansu 0.6 stopped
-        // delivering to the group at all (clima-bench, ci/bench).
         .create_with_context(LagReporter)?;
     consumer.subscribe(&[&broker.topic])?;
     tracing::info!(topic = %broker.topic, group = %source.group, "kafka consumer started");

@@ -4,19 +4,24 @@
 //! next request as soon as the last is answered; it finds the highest rate.
 //! Open loop (`--rate`): requests leave on a fixed schedule whatever the
 //! answers, and each latency is measured from when its request was *due*, so a
-//! slow server cannot hide its queueing (no coordinated omission).
+//! slow server cannot hide its queueing (no coordinated omission). A run that
+//! could not keep its schedule says so and fails (see [`open_loop`]).
+//! `--arrays-rate` adds a stream of JSON arrays alongside the single objects.
 //!
 //! Latencies go into an HDR histogram. `--verify` then waits until Redis and
 //! Valkey counted every accepted tweet, checks the counts, and reports the
 //! end-to-end rate and the POST→counted latency (see [`lag`]). `--json`
-//! writes the figures for the benchmark (`ci/bench`).
+//! writes the figures for the benchmark (`ci/bench`); `--report-every` prints
+//! the figures of each interval while the load runs ([`timeline`], `ci/soak`).
 
 mod client;
 mod lag;
+mod open_loop;
+mod timeline;
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -28,8 +33,15 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use self::client::{Outcome, Pool, Target};
+use self::{
+    client::{Outcome, Pool, Target},
+    open_loop::{Schedule, Stream},
+    timeline::{Edges, IntervalReport, Timeline},
+};
 use super::stats::{StoresArgs, side_by_side, wait_for_totals};
+
+/// Closed loop connections unless --concurrency says otherwise.
+const DEFAULT_CONNECTIONS: usize = 32;
 
 /// Countries the reference load generators use.
 const COUNTRIES: &[&str] = &["GT", "MX", "US", "CA", "BR", "AR", "CO", "PE", "CL", "ES", "SV", "HN"];
@@ -50,9 +62,11 @@ pub struct LoadArgs {
     count: u64,
 
     /// Closed loop: connections, each sending its next request when the last
-    /// is answered. Open loop (--rate): most requests in flight at once.
-    #[arg(long, env = "CLIMA_LOAD_CONCURRENCY", default_value_t = 32)]
-    concurrency: usize,
+    /// is answered [default: 32]. Open loop (--rate): most requests in flight
+    /// at once [default: one second's worth of requests, so the cap cannot
+    /// throttle the asked rate unless answers take over a second].
+    #[arg(long, env = "CLIMA_LOAD_CONCURRENCY")]
+    concurrency: Option<usize>,
 
     /// Open loop: tweets per second, sent on a fixed schedule; latencies count
     /// from when each request was due.
@@ -62,6 +76,25 @@ pub struct LoadArgs {
     /// Tweets per request: 1 sends single objects, more sends JSON arrays.
     #[arg(long, env = "CLIMA_LOAD_BATCH", default_value_t = 1)]
     batch: u64,
+
+    /// Open loop: also send JSON arrays of --arrays-batch tweets, at this many
+    /// tweets/s, for as long as the main stream runs (its --count tweets at --rate).
+    #[arg(long, env = "CLIMA_LOAD_ARRAYS_RATE", requires = "rate")]
+    arrays_rate: Option<f64>,
+
+    /// Tweets per array of the --arrays-rate stream.
+    #[arg(long, env = "CLIMA_LOAD_ARRAYS_BATCH", default_value_t = 100)]
+    arrays_batch: u64,
+
+    /// While the load runs, print the figures of every interval of this
+    /// length: accepted/s, request latency and, with --verify, POST→counted
+    /// latency and backlog per store.
+    #[arg(long, env = "CLIMA_LOAD_REPORT_EVERY", value_parser = humantime::parse_duration)]
+    report_every: Option<Duration>,
+
+    /// Also write each interval's figures to this file, one JSON object a line.
+    #[arg(long, env = "CLIMA_LOAD_TIMELINE", requires = "report_every")]
+    timeline: Option<PathBuf>,
 
     /// Attempts per request: a 5xx answer or a network error is retried with the
     /// same Idempotency-Key, so a retry never counts a tweet twice.
@@ -115,11 +148,16 @@ impl Tally {
     }
 
     fn merge(&mut self, other: &Tally) {
+        self.merge_counts(other);
+        self.latency.add(&other.latency).expect("histograms of the same precision");
+    }
+
+    /// Merges everything but the latencies (another stream's requests).
+    fn merge_counts(&mut self, other: &Tally) {
         self.accepted.merge(&other.accepted);
         self.rejected += other.rejected;
         self.failed += other.failed;
         self.retries += other.retries;
-        self.latency.add(&other.latency).expect("histograms of the same precision");
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
         }
@@ -167,6 +205,10 @@ struct Report {
     tweets_per_request: u64,
     concurrency: usize,
     target_tweets_per_s: Option<f64>,
+    /// Open loop: how well the main stream kept its schedule.
+    schedule: Option<Schedule>,
+    /// With --arrays-rate: that stream's own figures.
+    arrays: Option<ArraysReport>,
     sent: u64,
     accepted: u64,
     rejected: u64,
@@ -177,6 +219,18 @@ struct Report {
     request_latency_ms: Percentiles,
     /// With --verify only.
     counted: Option<Counted>,
+    /// With --report-every: every interval, and the first against the last ones.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    timeline: Vec<IntervalReport>,
+    edges: Option<Edges>,
+}
+
+#[derive(Debug, Serialize)]
+struct ArraysReport {
+    tweets_per_request: u64,
+    accepted: u64,
+    request_latency_ms: Percentiles,
+    schedule: Schedule,
 }
 
 #[derive(Debug, Serialize)]
@@ -192,11 +246,13 @@ struct Counted {
 }
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
-    if args.batch == 0 || args.concurrency == 0 {
-        bail!("--batch and --concurrency must be at least 1");
+    if args.batch == 0 || args.arrays_batch == 0 || args.concurrency == Some(0) {
+        bail!("--batch, --arrays-batch and --concurrency must be at least 1");
     }
-    if args.rate.is_some_and(|rate| !(rate > 0.0 && rate.is_finite())) {
-        bail!("--rate must be a positive number of tweets per second");
+    for rate in [args.rate, args.arrays_rate].into_iter().flatten() {
+        if !(rate > 0.0 && rate.is_finite()) {
+            bail!("--rate and --arrays-rate must be positive numbers of tweets per second");
+        }
     }
     let target = Arc::new(Target::parse(&args.url)?);
     let stores = if args.verify { Some(args.stores.connect().await?) } else { None };
@@ -205,14 +261,29 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let requests = args.count.div_ceil(args.batch);
-    let progress = progress_bar(args.count, "sending");
+    // The arrays stream runs as long as the main stream's schedule.
+    let arrays_count = match (args.rate, args.arrays_rate) {
+        (Some(rate), Some(arrays_rate)) => (args.count as f64 / rate * arrays_rate).round() as u64,
+        _ => 0,
+    };
+    let progress = match args.report_every {
+        Some(_) => ProgressBar::hidden(),
+        None => progress_bar(args.count + arrays_count, "sending"),
+    };
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     let started = Instant::now();
     let probe = match (&stores, &before) {
         (Some(stores), Some((redis, valkey))) => {
-            Some(lag::LagProbe::start(started, stores.clone(), (redis.total, valkey.total)))
+            Some(Arc::new(lag::LagProbe::start(started, stores.clone(), (redis.total, valkey.total))))
         }
+        _ => None,
+    };
+    let timeline = match args.report_every {
+        Some(_) => Some(Arc::new(Timeline::new(started, args.timeline.as_deref())?)),
+        None => None,
+    };
+    let reporter = match (args.report_every, &timeline) {
+        (Some(every), Some(timeline)) => Some(report_every(every, Arc::clone(timeline), probe.clone())),
         _ => None,
     };
     let plan = Plan {
@@ -222,14 +293,55 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         attempts: args.attempts.max(1),
         progress: progress.clone(),
         sent: probe.as_ref().map(|probe| Arc::clone(&probe.sent)),
+        timeline: timeline.clone(),
+        timed: true,
     };
-    let total = match args.rate {
-        None => closed_loop(plan, args.concurrency, seed).await?,
-        Some(rate) => open_loop(plan, args.concurrency, seed, requests, rate).await?,
+    let (total, concurrency, schedule, arrays) = match args.rate {
+        None => {
+            let connections = args.concurrency.unwrap_or(DEFAULT_CONNECTIONS);
+            (closed_loop(plan, connections, seed).await?, connections, None, None)
+        }
+        Some(rate) => {
+            let mut streams = vec![Stream { plan: plan.clone(), rate }];
+            if let Some(arrays_rate) = args.arrays_rate.filter(|_| arrays_count > 0) {
+                let arrays = Plan { count: arrays_count, batch: args.arrays_batch, timed: false, ..plan };
+                streams.push(Stream { plan: arrays, rate: arrays_rate });
+            }
+            let in_flight = args.concurrency.unwrap_or_else(|| open_loop::default_in_flight(&streams));
+            let mut results = open_loop::run(streams, in_flight, seed).await?.into_iter();
+            let (mut total, schedule) = results.next().expect("the main stream");
+            let arrays = results.next().map(|(arrays, schedule)| {
+                total.merge_counts(&arrays);
+                ArraysReport {
+                    tweets_per_request: args.arrays_batch,
+                    accepted: arrays.accepted.total,
+                    request_latency_ms: Percentiles::of(&arrays.latency),
+                    schedule,
+                }
+            });
+            (total, in_flight, Some(schedule), arrays)
+        }
     };
     let elapsed = started.elapsed();
     progress.finish_and_clear();
-    let mut report = summarize(&args, &total, elapsed);
+    if let Some(reporter) = reporter {
+        reporter.abort();
+    }
+    let (timeline, edges) = match timeline {
+        Some(timeline) => {
+            // The last, shorter interval: from the last tick until the last answer.
+            timeline.close_interval(probe.as_deref())?;
+            timeline.finish()
+        }
+        None => (Vec::new(), None),
+    };
+    let mut report = summarize(&args, &total, elapsed, concurrency, schedule, arrays);
+    report.timeline = timeline;
+    report.edges = edges;
+    let behind = [report.schedule.as_ref(), report.arrays.as_ref().map(|arrays| &arrays.schedule)]
+        .into_iter()
+        .flatten()
+        .any(|schedule| schedule.behind);
 
     if let (Some(stores), Some((redis_before, valkey_before)), Some(probe)) = (stores, before, probe) {
         let draining = progress_bar(total.accepted.total, "counted");
@@ -286,7 +398,30 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     if total.failed > 0 {
         bail!("{} tweets were not accepted (first error: {})", total.failed, total.first_error.unwrap_or_default());
     }
+    if behind {
+        bail!(
+            "the load fell behind its schedule by more than {} %: it sent less than asked (see above)",
+            open_loop::MAX_SHORTFALL * 100.0
+        );
+    }
     Ok(())
+}
+
+/// Closes a timeline interval every `every`, until aborted.
+fn report_every(
+    every: Duration,
+    timeline: Arc<Timeline>,
+    probe: Option<Arc<lag::LagProbe>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = timeline.close_interval(probe.as_deref()) {
+                eprintln!("writing the timeline failed: {error:#}");
+            }
+        }
+    })
 }
 
 fn write_json(args: &LoadArgs, report: &Report) -> anyhow::Result<()> {
@@ -306,12 +441,30 @@ struct Plan {
     progress: ProgressBar,
     /// Tweets sent so far, for the POST→counted probe.
     sent: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// With --report-every: where each answer is noted.
+    timeline: Option<Arc<Timeline>>,
+    /// Whether this stream's latencies go into the timeline (the main stream's do).
+    timed: bool,
 }
 
 impl Plan {
     /// How many tweets request number `index` carries (the last may be short).
     fn size_of(&self, index: u64) -> u64 {
         self.batch.min(self.count - index * self.batch)
+    }
+
+    #[cfg(test)]
+    fn for_test(batch: u64, count: u64) -> Self {
+        Self {
+            target: Arc::new(Target::parse("http://127.0.0.1:8080/input").expect("a valid URL")),
+            count,
+            batch,
+            attempts: 1,
+            progress: ProgressBar::hidden(),
+            sent: None,
+            timeline: None,
+            timed: true,
+        }
     }
 
     fn note_sent(&self, tweets: u64) {
@@ -351,35 +504,6 @@ async fn closed_loop(plan: Plan, connections: usize, seed: u64) -> anyhow::Resul
     Ok(total)
 }
 
-/// Requests leave every 1/(rate/batch) s on a fixed schedule, each in its own
-/// task, at most `max_in_flight` at once.
-async fn open_loop(plan: Plan, max_in_flight: usize, seed: u64, requests: u64, rate: f64) -> anyhow::Result<Tally> {
-    let interval = Duration::from_secs_f64(plan.batch as f64 / rate);
-    let pool = Arc::new(Pool::default());
-    let total = Arc::new(Mutex::new(Tally::new()));
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let start = tokio::time::Instant::now();
-    for index in 0..requests {
-        let due = start + interval.mul_f64(index as f64);
-        tokio::time::sleep_until(due).await;
-        // A full house delays the send, not the clock: latency still counts from `due`.
-        let slot = Arc::clone(&slots).acquire_owned().await?;
-        let (plan, pool, total) = (plan.clone(), Arc::clone(&pool), Arc::clone(&total));
-        let mut rng = rng.fork();
-        tokio::spawn(async move {
-            let mut tally = Tally::new();
-            send(&plan, &pool, plan.size_of(index), due.into_std(), &mut rng, &mut tally).await;
-            total.lock().expect("tally lock").merge(&tally);
-            drop(slot);
-        });
-    }
-    // Every slot back means every request answered.
-    let _all = slots.acquire_many(max_in_flight as u32).await?;
-    let tally = std::mem::replace(&mut *total.lock().expect("tally lock"), Tally::new());
-    Ok(tally)
-}
-
 /// Sends one request of `size` random tweets, retrying failures with the same
 /// Idempotency-Key, and tallies the outcome.
 async fn send(plan: &Plan, pool: &Pool, size: u64, due: Instant, rng: &mut fastrand::Rng, tally: &mut Tally) {
@@ -410,7 +534,16 @@ async fn send(plan: &Plan, pool: &Pool, size: u64, due: Instant, rng: &mut fastr
             break;
         }
     }
-    tally.latency.saturating_record(due.elapsed().as_micros() as u64);
+    let latency_micros = due.elapsed().as_micros() as u64;
+    tally.latency.saturating_record(latency_micros);
+    if let Some(timeline) = &plan.timeline {
+        let (accepted, failed) = match outcome {
+            Outcome::Accepted(accepted) if accepted == size => (size, 0),
+            Outcome::Rejected(_) => (0, 0),
+            Outcome::Accepted(_) | Outcome::Failed(_) => (0, size),
+        };
+        timeline.record(plan.timed.then_some(latency_micros), accepted, failed);
+    }
     match outcome {
         Outcome::Accepted(accepted) if accepted == size => {
             for tweet in &tweets {
@@ -433,19 +566,39 @@ async fn send(plan: &Plan, pool: &Pool, size: u64, due: Instant, rng: &mut fastr
     plan.progress.inc(size);
 }
 
-fn summarize(args: &LoadArgs, tally: &Tally, elapsed: Duration) -> Report {
+fn summarize(
+    args: &LoadArgs,
+    tally: &Tally,
+    elapsed: Duration,
+    concurrency: usize,
+    schedule: Option<Schedule>,
+    arrays: Option<ArraysReport>,
+) -> Report {
     let sent = tally.accepted.total + tally.rejected + tally.failed;
     let latency = Percentiles::of(&tally.latency);
     let mode = if args.rate.is_some() { "open" } else { "closed" };
     let accepted_per_s = tally.accepted.total as f64 / elapsed.as_secs_f64().max(f64::EPSILON);
     println!(
-        "sent {sent} tweets in {} requests of {} ({mode} loop{}) to {} in {:.2} s: {accepted_per_s:.0} tweets/s accepted",
+        "sent {sent} tweets in {} requests of {} ({mode} loop{}, {concurrency} {}) to {} in {:.2} s: \
+         {accepted_per_s:.0} tweets/s accepted",
         latency.samples,
         args.batch,
         args.rate.map(|rate| format!(" at {rate} tweets/s")).unwrap_or_default(),
+        if args.rate.is_some() { "requests in flight at most" } else { "connections" },
         args.url,
         elapsed.as_secs_f64(),
     );
+    if let Some(arrays) = &arrays {
+        println!(
+            "  of which {} in arrays of {} at {} tweets/s: array request latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            arrays.accepted,
+            arrays.tweets_per_request,
+            arrays.schedule.asked_tweets_per_s,
+            arrays.request_latency_ms.p50,
+            arrays.request_latency_ms.p99,
+            arrays.request_latency_ms.max,
+        );
+    }
     println!(
         "accepted {}, rejected (4xx) {}, failed after retries (5xx or network) {}, retried requests {}\n\
          request latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
@@ -459,12 +612,24 @@ fn summarize(args: &LoadArgs, tally: &Tally, elapsed: Duration) -> Report {
         latency.p999,
         latency.max,
     );
+    for (stream, schedule) in
+        [("", schedule.as_ref()), ("the arrays stream ", arrays.as_ref().map(|arrays| &arrays.schedule))]
+    {
+        let Some(schedule) = schedule.filter(|schedule| schedule.behind) else { continue };
+        println!(
+            "BEHIND SCHEDULE: {stream}sent {:.0} tweets/s of the {} asked ({:.1} % short; a request left up to \
+             {:.0} ms after it was due). Raise --concurrency, or the machine cannot generate this load.",
+            schedule.sent_tweets_per_s, schedule.asked_tweets_per_s, schedule.shortfall_pct, schedule.max_send_delay_ms,
+        );
+    }
     Report {
         mode,
         url: args.url.clone(),
         tweets_per_request: args.batch,
-        concurrency: args.concurrency,
+        concurrency,
         target_tweets_per_s: args.rate,
+        schedule,
+        arrays,
         sent,
         accepted: tally.accepted.total,
         rejected: tally.rejected,
@@ -474,6 +639,8 @@ fn summarize(args: &LoadArgs, tally: &Tally, elapsed: Duration) -> Report {
         accepted_per_s,
         request_latency_ms: latency,
         counted: None,
+        timeline: Vec::new(),
+        edges: None,
     }
 }
 

@@ -6,6 +6,7 @@
 mod api_errors;
 mod dashboard;
 mod helpers;
+mod load_schedule;
 mod observability;
 mod pipeline;
 mod processes;

@@ -8,6 +8,7 @@
 //! sampling intervals. The result is a latency distribution per store.
 
 use std::{
+    ops::Range,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -66,11 +67,26 @@ impl LagProbe {
 
     /// Stops sampling; per store (Redis, Valkey): the latency histogram in
     /// microseconds and when the store had counted `expected` tweets.
-    pub fn finish(self, expected: u64) -> [(Histogram<u64>, Option<Duration>); 2] {
+    pub fn finish(&self, expected: u64) -> [(Histogram<u64>, Option<Duration>); 2] {
         self.stop.cancel();
         let sent = self.sent_series.lock().expect("series lock").clone();
         let counted = self.counted_series.lock().expect("series lock").clone();
-        counted.map(|series| lags(&sent, &series, expected))
+        counted.map(|series| lags(&sent, &series, expected, Duration::ZERO..Duration::MAX))
+    }
+
+    /// Per store, while sampling goes on: the POST→counted latency of the
+    /// tweets counted within `window`, and the backlog at its end (tweets
+    /// sent but not counted yet).
+    pub fn window(&self, window: Range<Duration>) -> [(Histogram<u64>, u64); 2] {
+        let sent = self.sent_series.lock().expect("series lock").clone();
+        let counted = self.counted_series.lock().expect("series lock").clone();
+        let sent_by_end = sent.iter().take_while(|(at, _)| *at < window.end).last().map_or(0, |&(_, total)| total);
+        counted.map(|series| {
+            let counted_by_end =
+                series.iter().take_while(|(at, _)| *at < window.end).last().map_or(0, |&(_, total)| total);
+            let (histogram, _) = lags(&sent, &series, u64::MAX, window.clone());
+            (histogram, sent_by_end.saturating_sub(counted_by_end))
+        })
     }
 }
 
@@ -84,8 +100,8 @@ async fn sample<F: Future<Output = ()>>(every: Duration, stop: CancellationToken
 }
 
 /// Matches each newly counted block of tweets with the moment the same number
-/// had been sent.
-fn lags(sent: &Series, counted: &Series, expected: u64) -> (Histogram<u64>, Option<Duration>) {
+/// had been sent; only blocks counted within `window` go into the histogram.
+fn lags(sent: &Series, counted: &Series, expected: u64, window: Range<Duration>) -> (Histogram<u64>, Option<Duration>) {
     let mut histogram = super::latency_histogram();
     let (mut previous, mut cursor, mut done) = (0, 0, None);
     for &(at, total) in counted {
@@ -94,8 +110,10 @@ fn lags(sent: &Series, counted: &Series, expected: u64) -> (Histogram<u64>, Opti
                 cursor += 1;
             }
             let sent_at = sent.get(cursor).map_or(Duration::ZERO, |&(sent_at, _)| sent_at);
-            let lag = at.saturating_sub(sent_at).as_micros() as u64;
-            histogram.saturating_record_n(lag, total - previous);
+            if window.contains(&at) {
+                let lag = at.saturating_sub(sent_at).as_micros() as u64;
+                histogram.saturating_record_n(lag, total - previous);
+            }
             previous = total;
         }
         if done.is_none() && total >= expected {
@@ -119,12 +137,16 @@ mod tests {
         let sent = vec![(ms(5), 0), (ms(10), 100), (ms(15), 100), (ms(20), 200), (ms(25), 200)];
         // Redis counts the first 100 at 40 ms and the rest at 100 ms.
         let counted = vec![(ms(30), 0), (ms(40), 100), (ms(50), 100), (ms(100), 200)];
-        let (histogram, done) = lags(&sent, &counted, 200);
+        let everything = Duration::ZERO..Duration::MAX;
+        let (histogram, done) = lags(&sent, &counted, 200, everything.clone());
         assert_eq!(histogram.len(), 200);
         assert_eq!(histogram.value_at_quantile(0.25) / 1000, 30, "first half: 40 - 10 ms");
         assert_eq!(histogram.value_at_quantile(0.99) / 1000, 80, "second half: 100 - 20 ms");
         assert_eq!(done, Some(ms(100)));
-        let (_, never) = lags(&sent, &counted, 201);
+        let (_, never) = lags(&sent, &counted, 201, everything);
         assert_eq!(never, None);
+        let (second_half, _) = lags(&sent, &counted, 200, ms(50)..ms(200));
+        assert_eq!(second_half.len(), 100, "only the block counted at 100 ms");
+        assert_eq!(second_half.min() / 1000, 80);
     }
 }
