@@ -2,8 +2,10 @@
   description = "clima (Tweets del Clima): HTTP -> gRPC -> Kafka + RabbitMQ -> Redis + Valkey, in Rust";
 
   inputs = {
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
-    crane.url = "github:ipetkov/crane";
+    # Versions: k8s/versions.yaml. crane v0.22 dropped nixos-25.05 (and its rustc 1.86 is
+    # below our rust-version 1.88); crane's master, pinned here by commit, is tested on 26.05.
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+    crane.url = "github:ipetkov/crane/2c71e194474d13de031d729b729c968ddbe3507f";
     flake-utils.url = "github:numtide/flake-utils";
   };
 
@@ -57,7 +59,10 @@
           tag = version;
           contents = [ pkgs.cacert ];
           config = {
-            Entrypoint = [ "${clima}/bin/clima" ] ++ args;
+            # The subcommand is the default Cmd: a Deployment's `args` replaces it
+            # (with it in the Entrypoint, `args: [api]` would run `clima api api`).
+            Entrypoint = [ "${clima}/bin/clima" ];
+            Cmd = args;
             User = "65532:65532";
             Env = [ "SSL_CERT_FILE=${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt" ];
             Labels = {
@@ -108,7 +113,7 @@
             inherit cargoArtifacts;
             cargoClippyExtraArgs = "--workspace --all-targets -- --deny warnings";
           });
-          fmt = craneLib.cargoFmt { inherit src; };
+          fmt = craneLib.cargoFmt { inherit src version; pname = "clima"; };
           unit-tests = craneLib.cargoNextest (commonArgs // {
             inherit cargoArtifacts;
             cargoNextestExtraArgs = unitTestArgs;

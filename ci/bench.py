@@ -142,9 +142,9 @@ def age_kafka():
     """Fills the local Kafka as a user's stack has it after hours of use: single
     tweets (many small records, the case tansu's sqlite engine is slowest at)
     until its database holds about AGED_TWEETS more tweets."""
-    before = {"db_mib": round(tansu_db_mib(), 1), "kafka_records": kafka_records()}
+    before = {"db_mib": round(tansu_db_mib(), 1), "kafka_records": kafka_records() or 0}
     load("--count", n(AGED_TWEETS), "--concurrency", 256, "--verify", "--verify-timeout", "600s")
-    return {"before": before, "after": {"db_mib": round(tansu_db_mib(), 1), "kafka_records": kafka_records()}}
+    return {"before": before, "after": {"db_mib": round(tansu_db_mib(), 1), "kafka_records": kafka_records() or 0}}
 
 
 def tracing_cost():

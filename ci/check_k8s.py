@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
-"""Checks k8s/: every overlay renders, built-in kinds pass kubernetes-validate
---strict, Grafana dashboards are valid JSON naming only provisioned datasources,
-and every flag, env var and port the manifests give a clima container is one the
-clima binary accepts.
+"""Checks k8s/ (and the image definitions it runs): every overlay renders,
+built-in kinds pass kubernetes-validate --strict, Grafana dashboards are valid
+JSON naming only provisioned datasources, every flag, env var and port the
+manifests give a clima container is one the clima binary accepts, and the
+rules of ci/deploy_rules.py hold: what the pinned Strimzi, RabbitMQ image,
+Grafana, Gateway API and image builders (ci/images, flake.nix, Bazel) need.
 
-    ci/check_k8s.py CLIMA_BINARY
+    ci/check_k8s.py CLIMA_BINARY [TREE]
+
+TREE (default: this checkout) is where k8s/, flake.nix, BUILD.bazel and
+ci/images are read from: point it at an old commit's tree to see a rule fail.
 """
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,12 +21,15 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+import deploy_rules
+
+ROOT = Path(sys.argv[2]).resolve() if len(sys.argv) > 2 else Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 OVERLAYS = ["dev", "prod"]
 KUBERNETES_VERSION = "1.32.0"
-# Kinds of operators' CRDs (Strimzi); kubernetes-validate knows only built-in kinds.
-CUSTOM_GROUPS = ("kafka.strimzi.io/",)
+# Kinds of operators' CRDs (Strimzi, Gateway API, Envoy Gateway); kubernetes-validate
+# knows only built-in kinds: ci/deploy_rules.py checks these.
+CUSTOM_GROUPS = ("kafka.strimzi.io/", "gateway.networking.k8s.io/", "gateway.envoyproxy.io/")
 # Env vars the manifests set that are not clima flags: standard OpenTelemetry
 # settings, and secrets interpolated into other values with $(NAME).
 OTEL_ENV = re.compile(r"^OTEL_[A-Z_]+$")
@@ -34,7 +43,20 @@ def fail(message):
 
 
 def render(overlay):
-    out = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True)
+    """An overlay of k8s/overlays, or "prod+ingress-nginx": prod with the Ingress variant instead of Gateway API."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = K8S / "overlays" / overlay
+        if overlay == "prod+ingress-nginx":
+            # In a copy of k8s/, as a sibling of overlays/prod, so that prod's relative
+            # paths hold (kustomize refuses absolute ones).
+            copy = Path(scratch) / "k8s"
+            shutil.copytree(K8S, copy)
+            variant = yaml.safe_load((copy / "overlays/prod/kustomization.yaml").read_text())
+            variant["components"] = ["../../components/ingress-nginx"]
+            path = copy / "overlays/prod-ingress-nginx"
+            path.mkdir()
+            (path / "kustomization.yaml").write_text(yaml.safe_dump(variant))
+        out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
     if out.returncode != 0:
         fail(f"{overlay}: kubectl kustomize: {out.stderr.strip()}")
         return []
@@ -90,6 +112,50 @@ def accepted(binary, subcommand):
     return _help_cache[subcommand]
 
 
+def container_env(docs):
+    """A function giving a container's env: its ConfigMaps, then its own values."""
+    config_maps = {doc["metadata"]["name"]: doc.get("data", {}) for doc in docs if doc["kind"] == "ConfigMap"}
+
+    def env_of(container):
+        env = {}
+        for source in container.get("envFrom", []):
+            env.update(config_maps.get(source.get("configMapRef", {}).get("name"), {}))
+        env.update({item["name"]: item["value"] for item in container.get("env", []) if "value" in item})
+        return env
+    return env_of
+
+
+def clima_container(docs, name):
+    for doc in docs:
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == name:
+            return doc["spec"]["template"]["spec"]["containers"][0]
+    return {}
+
+
+def check_rules(overlay, docs, binary, versions, dashboards):
+    env_of = container_env(docs)
+    consumer_env = env_of(clima_container(docs, "consumer-kafka"))
+    kafka_env = {name: value for name, value in consumer_env.items() if name in ("CLIMA_KAFKA_TOPIC", "CLIMA_KAFKA_GROUP")}
+    rules = {
+        "strimzi": lambda: deploy_rules.strimzi(docs, versions),
+        "kafka acls": lambda: deploy_rules.kafka_acls(docs, binary, kafka_env),
+        "rabbitmq": lambda: deploy_rules.rabbitmq(docs),
+        "image commands": lambda: deploy_rules.effective_commands(docs, ROOT, binary),
+        "memory limits": lambda: deploy_rules.memory_limits(docs, env_of),
+        "stores": lambda: deploy_rules.stores(docs),
+        "way in": lambda: deploy_rules.way_in(docs, env_of(clima_container(docs, "api"))),
+        "namespaces": lambda: deploy_rules.namespaces(docs),
+        "grafana": lambda: deploy_rules.grafana(docs, dashboards, versions),
+        "pinned images": lambda: deploy_rules.pinned_images(docs, versions),
+    }
+    for name, rule in rules.items():
+        problems = rule()
+        for problem in problems:
+            fail(f"{overlay}: {name}: {problem}")
+        if not problems:
+            print(f"ok   {overlay}: {name}")
+
+
 def check_clima_containers(overlay, docs, binary):
     config_maps = {doc["metadata"]["name"]: doc.get("data", {}) for doc in docs if doc["kind"] == "ConfigMap"}
     checked = 0
@@ -140,11 +206,31 @@ def check_clima_containers(overlay, docs, binary):
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "target/debug/clima")
     check_dashboards()
-    for overlay in OVERLAYS:
+    versions_file = K8S / "versions.yaml"
+    versions = yaml.safe_load(versions_file.read_text()) if versions_file.exists() else None
+    if versions is None:
+        fail("k8s/versions.yaml is missing: nothing says what the manifests deploy on")
+    dashboards = {}
+    for path in sorted((K8S / "base/grafana").glob("*.json")):
+        try:
+            dashboards[path.name] = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            pass  # check_dashboards reported it
+    rendered = {}
+    for overlay in [*OVERLAYS, "prod+ingress-nginx"]:
         docs = render(overlay)
         if docs:
+            rendered[overlay] = docs
             validate_builtin(overlay, docs)
             check_clima_containers(overlay, docs, binary)
+            if versions:
+                check_rules(overlay, docs, binary, versions, dashboards)
+    for name, problems in (("image tags", deploy_rules.image_tags(rendered, ROOT)),
+                           ("build files", deploy_rules.build_files(ROOT))):
+        for problem in problems:
+            fail(f"{name}: {problem}")
+        if not problems:
+            print(f"ok   {name}")
     if failures:
         print(f"\n{len(failures)} problem(s) in k8s/")
         sys.exit(1)

@@ -88,7 +88,14 @@ def leaking(series):
     return medians[0] < medians[1] < medians[2] and medians[2] > medians[0] * 1.10 + 4
 
 
+def full_intervals(timeline):
+    """The timeline without its last, shorter interval (the tail after the
+    last tick: a few requests, whose rate would spike the chart)."""
+    return [row for row in timeline if row["end_s"] - row["start_s"] >= 0.5 * INTERVAL_S]
+
+
 def chart(timeline, samples, path):
+    timeline = full_intervals(timeline)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -154,8 +161,11 @@ def markdown(result):
             c = sampled["cpu_cores"]
             cpu = (f"{c['api']:.2f} / {c['writer-kafka'] + c['writer-rabbitmq']:.2f} / "
                    f"{c['consumer-kafka'] + c['consumer-rabbitmq']:.2f}")
+        minute = f"{row['end_s'] / 60:.1f}"
+        if row not in full_intervals(load_report["timeline"]):
+            minute += f" (tail, {row['end_s'] - row['start_s']:.1f} s)"
         lines.append(
-            f"| {row['end_s'] / 60:.1f} | {row['accepted_per_s']:,.0f} | {latency['p50']:.1f} / {latency['p99']:.1f} / "
+            f"| {minute} | {row['accepted_per_s']:,.0f} | {latency['p50']:.1f} / {latency['p99']:.1f} / "
             f"{latency['max']:.1f} | {counted(redis)} | {counted(valkey)} | {redis.get('backlog', '–')} / "
             f"{valkey.get('backlog', '–')} | {sampled['db_mib'] if sampled else '–'} | {rss} | {cpu} |")
     lines += ["", "![p99 and RSS per minute](soak.png)", ""]
@@ -204,9 +214,10 @@ def main():
               "end": {"db_mib": round(tansu_db_mib(), 1), "kafka_records": kafka_records() or 0},
               "load": report, "samples": samples, "rules": rules, "load_exit_code": code}
     (OUT / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
-    chart(report["timeline"], samples, OUT / "soak.png")
     text = markdown(result)
     (OUT / "soak.md").write_text(text)
+    if full_intervals(report["timeline"]):
+        chart(report["timeline"], samples, OUT / "soak.png")
     print(text)
     failed = [rule["rule"] for rule in rules if not rule["passed"]]
     if failed or code != 0:

@@ -2,6 +2,7 @@
 where it lives, its services' PIDs, /proc samples of them, the machine, and
 `clima load --json` runs."""
 
+import contextlib
 import datetime
 import json
 import os
@@ -48,7 +49,7 @@ def kafka_records():
     """Records (Kafka messages; each carries a batch of tweets) in the local Kafka's database."""
     if not TANSU_DB.exists():
         return None
-    with sqlite3.connect(f"file:{TANSU_DB}?mode=ro", uri=True, timeout=30) as connection:
+    with contextlib.closing(sqlite3.connect(f"file:{TANSU_DB}?mode=ro", uri=True, timeout=30)) as connection:
         return connection.execute("select count(*) from record").fetchone()[0]
 
 

@@ -76,6 +76,55 @@ impl KafkaArgs {
     }
 }
 
+/// What a Kafka ACL grants access to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AclResource {
+    Topic(String),
+    Group(String),
+    Cluster,
+}
+
+/// An ACL a clima service needs on an authorizing cluster (Strimzi's
+/// KafkaUser with `authorization: simple`): `clima kafka-acls` prints them and
+/// `ci/check_k8s.py` proves the manifests grant them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acl {
+    pub resource: AclResource,
+    pub operations: &'static [&'static str],
+}
+
+impl KafkaArgs {
+    /// Where invalid messages of the topic go: `<topic>.dlq`.
+    pub fn dead_letter_topic(&self) -> String {
+        format!("{}.dlq", self.topic)
+    }
+
+    /// The writer: creates the topic if missing ([`KafkaArgs::ensure_topic`]:
+    /// CreateTopics is authorized before the broker looks whether it exists)
+    /// and produces to it, idempotently by default.
+    pub fn writer_acls(&self) -> Vec<Acl> {
+        vec![
+            Acl { resource: AclResource::Topic(self.topic.clone()), operations: &["Describe", "Create", "Write"] },
+            Acl { resource: AclResource::Cluster, operations: &["IdempotentWrite"] },
+        ]
+    }
+
+    /// A consumer of `group`: creates the topic and its dead-letter topic if
+    /// missing, reads the topic, commits the group's offsets and produces
+    /// dead letters.
+    pub fn consumer_acls(&self, group: &str) -> Vec<Acl> {
+        vec![
+            Acl { resource: AclResource::Topic(self.topic.clone()), operations: &["Describe", "Create", "Read"] },
+            Acl {
+                resource: AclResource::Topic(self.dead_letter_topic()),
+                operations: &["Describe", "Create", "Write"],
+            },
+            Acl { resource: AclResource::Group(group.to_owned()), operations: &["Describe", "Read"] },
+            Acl { resource: AclResource::Cluster, operations: &["IdempotentWrite"] },
+        ]
+    }
+}
+
 fn parse_key_value(pair: &str) -> Result<(String, String), String> {
     pair.split_once('=')
         .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))

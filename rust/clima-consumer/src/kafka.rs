@@ -77,11 +77,6 @@ struct Rejected {
     reason: String,
 }
 
-/// Where invalid messages of `topic` go: `<topic>.dlq`.
-pub fn dead_letter_topic(topic: &str) -> String {
-    format!("{topic}.dlq")
-}
-
 /// Consumes until `shutdown`; the batch in hand is counted and committed first.
 pub async fn run(
     broker: &KafkaArgs,
@@ -91,7 +86,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
     let admin = broker.admin()?;
-    let dead_letters = KafkaArgs { topic: dead_letter_topic(&broker.topic), ..broker.clone() };
+    let dead_letters = KafkaArgs { topic: broker.dead_letter_topic(), ..broker.clone() };
     let topics_ready = || async {
         broker.ensure_topic(&admin).await?;
         dead_letters.ensure_topic(&admin).await

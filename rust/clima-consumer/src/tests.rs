@@ -93,7 +93,7 @@ async fn kafka_to_redis_counts_once_dead_letters_poison_and_commits() {
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    rdkafka::consumer::Consumer::subscribe(&dead_letters, &[&crate::kafka::dead_letter_topic(&broker.topic)]).unwrap();
+    rdkafka::consumer::Consumer::subscribe(&dead_letters, &[&broker.dead_letter_topic()]).unwrap();
     let dead = tokio::time::timeout(Duration::from_secs(30), dead_letters.recv()).await.unwrap().unwrap();
     use rdkafka::{Message, message::Headers};
     assert_eq!(dead.payload(), Some(&b"not a protobuf record"[..]));

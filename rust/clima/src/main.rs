@@ -39,6 +39,8 @@ enum Command {
     Load(commands::load::LoadArgs),
     /// Prints the counts in Redis and Valkey side by side.
     Stats(commands::stats::StatsArgs),
+    /// Prints the Kafka ACLs the writer and the consumers need (a Strimzi KafkaUser's `acls`).
+    KafkaAcls(commands::kafka_acls::KafkaAclsArgs),
 }
 
 impl Command {
@@ -49,7 +51,7 @@ impl Command {
             Self::Writer(args) => Some(args.service_name()),
             Self::Consumer(args) => Some(args.service_name()),
             Self::Dashboard(_) => Some("clima-dashboard"),
-            Self::Load(_) | Self::Stats(_) => None,
+            Self::Load(_) | Self::Stats(_) | Self::KafkaAcls(_) => None,
         }
     }
 }
@@ -65,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Dashboard(args) => commands::dashboard::run(args).await,
         Command::Load(args) => commands::load::run(args).await,
         Command::Stats(args) => commands::stats::run(args).await,
+        Command::KafkaAcls(args) => commands::kafka_acls::run(&args),
     };
     if let Err(error) = &result {
         tracing::error!("{error:#}");

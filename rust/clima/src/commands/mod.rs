@@ -1,6 +1,7 @@
 pub mod api;
 pub mod consumer;
 pub mod dashboard;
+pub mod kafka_acls;
 pub mod load;
 pub mod stats;
 pub mod writer;
