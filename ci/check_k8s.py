@@ -159,45 +159,40 @@ def check_rules(overlay, docs, binary, versions, dashboards):
 def check_clima_containers(overlay, docs, binary):
     config_maps = {doc["metadata"]["name"]: doc.get("data", {}) for doc in docs if doc["kind"] == "ConfigMap"}
     checked = 0
-    for doc in docs:
-        if doc["kind"] != "Deployment":
-            continue
-        for container in doc["spec"]["template"]["spec"]["containers"]:
-            if "/clima/clima-" not in container["image"]:
+    for doc, container in deploy_rules.clima_containers(docs):
+        checked += 1
+        where = f"{overlay}: {doc['metadata']['name']}"
+        args = container.get("args", [])
+        subcommand = args[0] if args else None
+        flags, envs = accepted(binary, subcommand)
+        for arg in args[1:]:
+            if arg.startswith("--") and arg.split("=")[0] not in flags:
+                fail(f"{where}: clima {subcommand} has no flag {arg}")
+        env = {item["name"]: item.get("value") for item in container.get("env", [])}
+        for source in container.get("envFrom", []):
+            env.update(config_maps.get(source.get("configMapRef", {}).get("name"), {}))
+        interpolated = {name for value in env.values() if value for name in re.findall(r"\$\(([A-Z0-9_]+)\)", value)}
+        for name in env:
+            if name in interpolated or OTEL_ENV.match(name):
                 continue
-            checked += 1
-            where = f"{overlay}: {doc['metadata']['name']}"
-            args = container.get("args", [])
-            subcommand = args[0] if args else None
-            flags, envs = accepted(binary, subcommand)
-            for arg in args[1:]:
-                if arg.startswith("--") and arg.split("=")[0] not in flags:
-                    fail(f"{where}: clima {subcommand} has no flag {arg}")
-            env = {item["name"]: item.get("value") for item in container.get("env", [])}
-            for source in container.get("envFrom", []):
-                env.update(config_maps.get(source.get("configMapRef", {}).get("name"), {}))
-            interpolated = {name for value in env.values() if value for name in re.findall(r"\$\(([A-Z0-9_]+)\)", value)}
-            for name in env:
-                if name in interpolated or OTEL_ENV.match(name):
-                    continue
-                if name not in envs:
-                    fail(f"{where}: clima {subcommand} reads no env var {name}")
-            ports = {port["name"]: port["containerPort"] for port in container.get("ports", [])}
-            for name, value in env.items():
-                if name.endswith("_LISTEN"):
-                    port = int(value.rsplit(":", 1)[1])
-                    if port not in ports.values():
-                        fail(f"{where}: {name}={value} but no containerPort {port}")
-            listened = {int(v.rsplit(":", 1)[1]) for n, v in env.items() if n.endswith("_LISTEN")}
-            for name, port in ports.items():
-                if port not in listened:
-                    fail(f"{where}: containerPort {name}={port} but no *_LISTEN env var binds it")
-            for probe_name in ("readinessProbe", "livenessProbe"):
-                probe = container.get(probe_name, {})
-                for kind in ("httpGet", "grpc", "tcpSocket"):
-                    port = probe.get(kind, {}).get("port")
-                    if port is not None and port not in ports and port not in ports.values():
-                        fail(f"{where}: {probe_name} uses port {port}, not one the container declares")
+            if name not in envs:
+                fail(f"{where}: clima {subcommand} reads no env var {name}")
+        ports = {port["name"]: port["containerPort"] for port in container.get("ports", [])}
+        for name, value in env.items():
+            if name.endswith("_LISTEN"):
+                port = int(value.rsplit(":", 1)[1])
+                if port not in ports.values():
+                    fail(f"{where}: {name}={value} but no containerPort {port}")
+        listened = {int(v.rsplit(":", 1)[1]) for n, v in env.items() if n.endswith("_LISTEN")}
+        for name, port in ports.items():
+            if port not in listened:
+                fail(f"{where}: containerPort {name}={port} but no *_LISTEN env var binds it")
+        for probe_name in ("readinessProbe", "livenessProbe"):
+            probe = container.get(probe_name, {})
+            for kind in ("httpGet", "grpc", "tcpSocket"):
+                port = probe.get(kind, {}).get("port")
+                if port is not None and port not in ports and port not in ports.values():
+                    fail(f"{where}: {probe_name} uses port {port}, not one the container declares")
     print(f"ok   {overlay}: {checked} clima containers checked against `clima --help`" if checked else "")
     if not checked:
         fail(f"{overlay}: no clima container found")

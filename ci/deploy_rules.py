@@ -240,6 +240,15 @@ def rabbitmq(docs):
 # rules_oci 2.x (oci/private/image.sh): setting `entrypoint` clears Cmd unless `cmd` is given.
 # Kubernetes: `command` replaces the Entrypoint; `args` (or `command`) replaces the Cmd.
 
+def clima_containers(docs):
+    """(Deployment, container) for every container that runs a clima image."""
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                if "/clima/clima-" in container["image"]:
+                    yield doc, container
+
+
 def _service_of(image):
     """clima-api → api, from an image reference's repository name."""
     return image.split("@")[0].rsplit("/", 1)[-1].split(":")[0].removeprefix("clima-")
@@ -289,27 +298,22 @@ def effective_commands(docs, root, binary):
         if config is None:
             problems.append(f"{path}: could not read the image's entrypoint and cmd")
             continue
-        for doc in docs:
-            if doc["kind"] != "Deployment":
+        for doc, container in clima_containers(docs):
+            service = _service_of(container["image"])
+            entrypoint, cmd = config(service)
+            command, args = container.get("command"), container.get("args")
+            argv = (command or entrypoint) + (args if (command or args) else cmd)
+            where = f"{path} image for {doc['metadata']['name']}: runs {argv}"
+            if not argv or not argv[0].endswith("/clima"):
+                problems.append(f"{where}: not the clima binary")
                 continue
-            for container in doc["spec"]["template"]["spec"]["containers"]:
-                if "/clima/clima-" not in container["image"]:
-                    continue
-                service = _service_of(container["image"])
-                entrypoint, cmd = config(service)
-                command, args = container.get("command"), container.get("args")
-                argv = (command or entrypoint) + (args if (command or args) else cmd)
-                where = f"{path} image for {doc['metadata']['name']}: runs {argv}"
-                if not argv or not argv[0].endswith("/clima"):
-                    problems.append(f"{where}: not the clima binary")
-                    continue
-                if argv[1:2] != [service] or argv.count(service) != 1:
-                    problems.append(f"{where}: the subcommand must be {service!r}, once")
-                    continue
-                parsed = subprocess.run([binary, *argv[1:], "--help"], capture_output=True, text=True)
-                if parsed.returncode != 0:
-                    reason = (parsed.stderr.strip().splitlines() or [f"exit {parsed.returncode}"])[0]
-                    problems.append(f"{where}: clima refuses it: {reason}")
+            if argv[1:2] != [service] or argv.count(service) != 1:
+                problems.append(f"{where}: the subcommand must be {service!r}, once")
+                continue
+            parsed = subprocess.run([binary, *argv[1:], "--help"], capture_output=True, text=True)
+            if parsed.returncode != 0:
+                reason = (parsed.stderr.strip().splitlines() or [f"exit {parsed.returncode}"])[0]
+                problems.append(f"{where}: clima refuses it: {reason}")
     return problems
 
 
@@ -433,8 +437,7 @@ def memory_limits(docs, container_env):
     """Each clima container's memory limit holds the worst case its flags allow."""
     hpas = {doc["spec"]["scaleTargetRef"]["name"]: doc["spec"] for doc in docs if doc["kind"] == "HorizontalPodAutoscaler"}
     api_replicas = hpas.get("api", {}).get("maxReplicas", 1)
-    containers = [(doc["metadata"]["name"], container) for doc in docs if doc["kind"] == "Deployment"
-                  for container in doc["spec"]["template"]["spec"]["containers"] if "/clima/clima-" in container["image"]]
+    containers = [(doc["metadata"]["name"], container) for doc, container in clima_containers(docs)]
     api_env = next((container_env(container) for _, container in containers if _role(container) == "api"), {})
     writers = sum(1 for _, container in containers if _role(container) == "writer")
     problems = []
