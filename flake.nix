@@ -2,8 +2,8 @@
   description = "clima (Tweets del Clima): HTTP -> gRPC -> Kafka + RabbitMQ -> Redis + Valkey, in Rust";
 
   inputs = {
-    # Versions: k8s/versions.yaml. crane v0.22 dropped nixos-25.05 (and its rustc 1.86 is
-    # below our rust-version 1.88); crane's master, pinned here by commit, is tested on 26.05.
+    # crane v0.22 dropped nixos-25.05 (and its rustc 1.86 is below our rust-version 1.88);
+    # crane's master, pinned here by commit, is tested on 26.05. ci/deploy_rules.py checks both.
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
     crane.url = "github:ipetkov/crane/2c71e194474d13de031d729b729c968ddbe3507f";
     flake-utils.url = "github:numtide/flake-utils";

@@ -128,7 +128,7 @@ def end_to_end():
     # Latency first, on the fresh Kafka database: tansu's produce latency grows
     # with the database (see ci/bench).
     for rate in (1000, 5000):
-        runs[f"open_{rate}"] = load("--rate", rate, "--count", n(rate * 10), "--concurrency", 2048, "--verify")
+        runs[f"open_{rate}"] = load("--rate", rate, "--count", n(rate * 10), "--verify")
     with Sampler() as sampler:
         runs["single"] = load("--count", n(200_000), "--concurrency", 1024, "--verify")
     runs["single"]["services"] = sampler.result

@@ -24,8 +24,8 @@ use crate::{
 ///
 /// `fetch.wait.max.ms`: librdkafka's 500 ms bounds POST→counted at low load,
 /// because a fetch with too little data waits that long (on tansu it always
-/// does). 50 ms took the Redis side's POST→counted p50 from ~280 to ~65 ms
-/// (issue 15) for at most 20 fetches a second per broker at idle. An earlier
+/// does). 50 ms took the Redis side's POST→counted p50 from 300–500 ms to about
+/// 70 ms (issue 15) for at most 20 fetches a second per broker at idle. An earlier
 /// trial with 20 or 100 ms starved tansu's consumer groups; that was on the
 /// unindexed database (ci/infra-up), and the 30-minute soak held at 50 ms.
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[("fetch.wait.max.ms", "50")];

@@ -64,7 +64,8 @@ pub struct LoadArgs {
     /// Closed loop: connections, each sending its next request when the last
     /// is answered [default: 32]. Open loop (--rate): most requests in flight
     /// at once [default: one second's worth of requests, so the cap cannot
-    /// throttle the asked rate unless answers take over a second].
+    /// throttle the asked rate unless answers take over a second; each request
+    /// in flight holds a connection, so `ulimit -n` must allow as many].
     #[arg(long, env = "CLIMA_LOAD_CONCURRENCY")]
     concurrency: Option<usize>,
 
@@ -228,6 +229,7 @@ struct Report {
 #[derive(Debug, Serialize)]
 struct ArraysReport {
     tweets_per_request: u64,
+    requests: u64,
     accepted: u64,
     request_latency_ms: Percentiles,
     schedule: Schedule,
@@ -279,7 +281,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let timeline = match args.report_every {
-        Some(_) => Some(Arc::new(Timeline::new(started, args.timeline.as_deref())?)),
+        Some(every) => Some(Arc::new(Timeline::new(started, every, args.timeline.as_deref())?)),
         None => None,
     };
     let reporter = match (args.report_every, &timeline) {
@@ -314,6 +316,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 total.merge_counts(&arrays);
                 ArraysReport {
                     tweets_per_request: args.arrays_batch,
+                    requests: arrays.latency.len(),
                     accepted: arrays.accepted.total,
                     request_latency_ms: Percentiles::of(&arrays.latency),
                     schedule,
@@ -326,6 +329,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     progress.finish_and_clear();
     if let Some(reporter) = reporter {
         reporter.abort();
+        // Wait until it has stopped: a tick in progress finishes its interval first.
+        let _ = reporter.await;
     }
     let (timeline, edges) = match timeline {
         Some(timeline) => {
@@ -415,6 +420,8 @@ fn report_every(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // After a stall, the next interval is simply longer (no burst of empty ones).
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
             if let Err(error) = timeline.close_interval(probe.as_deref()) {
@@ -579,10 +586,14 @@ fn summarize(
     let mode = if args.rate.is_some() { "open" } else { "closed" };
     let accepted_per_s = tally.accepted.total as f64 / elapsed.as_secs_f64().max(f64::EPSILON);
     println!(
-        "sent {sent} tweets in {} requests of {} ({mode} loop{}, {concurrency} {}) to {} in {:.2} s: \
+        "sent {sent} tweets in {} requests of {}{} ({mode} loop{}, {concurrency} {}) to {} in {:.2} s: \
          {accepted_per_s:.0} tweets/s accepted",
         latency.samples,
         args.batch,
+        arrays
+            .as_ref()
+            .map(|arrays| format!(" and {} arrays of {}", arrays.requests, arrays.tweets_per_request))
+            .unwrap_or_default(),
         args.rate.map(|rate| format!(" at {rate} tweets/s")).unwrap_or_default(),
         if args.rate.is_some() { "requests in flight at most" } else { "connections" },
         args.url,

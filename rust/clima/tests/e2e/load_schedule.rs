@@ -52,7 +52,8 @@ async fn the_default_in_flight_cap_keeps_the_asked_rate() {
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(report["concurrency"], 1000, "one second's worth of requests");
     assert_eq!(report["schedule"]["behind"], false, "{report}");
-    assert!(report["schedule"]["sent_tweets_per_s"].as_f64().unwrap() > 990.0, "{report}");
+    // A fixed cap of 32 would give at most 320/s; the margin is the machine's jitter.
+    assert!(report["schedule"]["sent_tweets_per_s"].as_f64().unwrap() > 900.0, "{report}");
     assert_eq!(report["accepted"], 1000);
     assert!(!stdout.contains("BEHIND SCHEDULE"), "{stdout}");
     // Every answer lands in exactly one interval of the timeline.

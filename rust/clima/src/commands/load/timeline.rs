@@ -3,8 +3,10 @@
 //!
 //! Requests are put in the interval in which they were *answered*: an
 //! interval's line can be printed as soon as it ends. Only the main stream's
-//! latencies are recorded (an `--arrays-rate` stream's requests carry 100× the
-//! tweets and would blur them); its tweets count in `accepted`.
+//! latencies are recorded (an `--arrays-rate` stream's requests carry
+//! `--arrays-batch` times the tweets and would blur them); its tweets count in
+//! `accepted`. The last interval, from the last tick to the last answer, is
+//! reported but, when shorter than half an interval, kept out of the edges.
 
 use std::{
     collections::VecDeque,
@@ -68,19 +70,21 @@ struct Closed {
 
 pub struct Timeline {
     started: Instant,
+    every: Duration,
     current: Mutex<Current>,
     closed: Mutex<Closed>,
     file: Option<Mutex<std::fs::File>>,
 }
 
 impl Timeline {
-    pub fn new(started: Instant, file: Option<&Path>) -> anyhow::Result<Self> {
+    pub fn new(started: Instant, every: Duration, file: Option<&Path>) -> anyhow::Result<Self> {
         let file = match file {
             Some(path) => Some(Mutex::new(std::fs::File::create(path)?)),
             None => None,
         };
         Ok(Self {
             started,
+            every,
             current: Mutex::new(Current::starting_at(Duration::ZERO)),
             closed: Mutex::new(Closed::empty()),
             file,
@@ -101,8 +105,12 @@ impl Timeline {
     /// Ends the running interval now: prints its line, appends it to the
     /// timeline file and starts the next one.
     pub fn close_interval(&self, probe: Option<&LagProbe>) -> anyhow::Result<()> {
-        let end = self.started.elapsed();
-        let interval = std::mem::replace(&mut *self.current.lock().expect("timeline lock"), Current::starting_at(end));
+        // The clock is read under the lock, so two closes never overlap.
+        let (interval, end) = {
+            let mut current = self.current.lock().expect("timeline lock");
+            let end = self.started.elapsed().max(current.started);
+            (std::mem::replace(&mut *current, Current::starting_at(end)), end)
+        };
         let seconds = (end - interval.started).as_secs_f64().max(f64::EPSILON);
         let [redis, valkey] = match probe {
             Some(probe) => probe.window(interval.started..end).map(|(histogram, backlog)| {
@@ -129,12 +137,15 @@ impl Timeline {
             file.write_all(b"\n")?;
             file.flush()?;
         }
-        if report.index < EDGE_INTERVALS {
-            closed.first.add(&interval.latency).expect("histograms of the same precision");
-        }
-        closed.last.push_back(interval.latency);
-        if closed.last.len() > EDGE_INTERVALS {
-            closed.last.pop_front();
+        let tail = end - interval.started < self.every / 2;
+        if !tail {
+            if report.index < EDGE_INTERVALS {
+                closed.first.add(&interval.latency).expect("histograms of the same precision");
+            }
+            closed.last.push_back(interval.latency);
+            if closed.last.len() > EDGE_INTERVALS {
+                closed.last.pop_front();
+            }
         }
         closed.reports.push(report);
         Ok(())
@@ -144,7 +155,9 @@ impl Timeline {
     /// edges' worth of intervals (otherwise they would overlap).
     pub fn finish(&self) -> (Vec<IntervalReport>, Option<Edges>) {
         let closed = std::mem::replace(&mut *self.closed.lock().expect("timeline lock"), Closed::empty());
-        let edges = (closed.reports.len() >= 2 * EDGE_INTERVALS).then(|| {
+        let full =
+            closed.reports.iter().filter(|report| report.end_s - report.start_s >= self.every.as_secs_f64() / 2.0);
+        let edges = (full.count() >= 2 * EDGE_INTERVALS).then(|| {
             let mut last = latency_histogram();
             for histogram in &closed.last {
                 last.add(histogram).expect("histograms of the same precision");
@@ -192,7 +205,8 @@ mod tests {
 
     #[test]
     fn intervals_split_the_run_and_edges_compare_its_ends() {
-        let timeline = Timeline::new(Instant::now(), None).expect("no file");
+        // Every interval here is as long as the run's test code takes: `every` is zero.
+        let timeline = Timeline::new(Instant::now(), Duration::ZERO, None).expect("no file");
         for index in 0..(2 * EDGE_INTERVALS as u64) {
             // The first half answers in 1 ms, the second in 10 ms.
             let micros = if index < EDGE_INTERVALS as u64 { 1_000 } else { 10_000 };
@@ -210,8 +224,26 @@ mod tests {
     }
 
     #[test]
+    fn a_short_tail_stays_out_of_the_edges() {
+        let timeline = Timeline::new(Instant::now(), Duration::from_millis(20), None).expect("no file");
+        for _ in 0..(2 * EDGE_INTERVALS) {
+            timeline.record(Some(1_000), 1, 0);
+            std::thread::sleep(Duration::from_millis(20));
+            timeline.close_interval(None).expect("no file to write");
+        }
+        // The tail: a slow answer right after the last tick.
+        timeline.record(Some(500_000), 1, 0);
+        timeline.close_interval(None).expect("no file to write");
+        let (reports, edges) = timeline.finish();
+        assert_eq!(reports.len(), 2 * EDGE_INTERVALS + 1, "the tail is still reported");
+        let edges = edges.expect("ten full intervals");
+        assert_eq!(edges.last.samples, EDGE_INTERVALS as u64, "the tail is not one of the last intervals");
+        assert!(edges.last.max < 2.0, "{:?}", edges.last);
+    }
+
+    #[test]
     fn a_short_run_has_no_edges() {
-        let timeline = Timeline::new(Instant::now(), None).expect("no file");
+        let timeline = Timeline::new(Instant::now(), Duration::ZERO, None).expect("no file");
         timeline.record(Some(1_000), 1, 0);
         timeline.close_interval(None).expect("no file to write");
         let (reports, edges) = timeline.finish();
