@@ -249,7 +249,7 @@ def clima_containers(docs):
                     yield doc, container
 
 
-def _service_of(image):
+def service_of(image):
     """clima-api → api, from an image reference's repository name."""
     return image.split("@")[0].rsplit("/", 1)[-1].split(":")[0].removeprefix("clima-")
 
@@ -289,6 +289,14 @@ def image_configs(root):
     return configs
 
 
+def effective_argv(container, config):
+    """What the container runs: the image's Entrypoint and Cmd (from `config`,
+    per service) with the Deployment's command/args, as Kubernetes combines them."""
+    entrypoint, cmd = config(service_of(container["image"]))
+    command, args = container.get("command"), container.get("args")
+    return (command or entrypoint) + (args if (command or args) else cmd)
+
+
 def effective_commands(docs, root, binary):
     """For every image build path, the command each clima container would run
     (image Entrypoint/Cmd with the Deployment's command/args) is one `clima`
@@ -299,10 +307,8 @@ def effective_commands(docs, root, binary):
             problems.append(f"{path}: could not read the image's entrypoint and cmd")
             continue
         for doc, container in clima_containers(docs):
-            service = _service_of(container["image"])
-            entrypoint, cmd = config(service)
-            command, args = container.get("command"), container.get("args")
-            argv = (command or entrypoint) + (args if (command or args) else cmd)
+            service = service_of(container["image"])
+            argv = effective_argv(container, config)
             where = f"{path} image for {doc['metadata']['name']}: runs {argv}"
             if not argv or not argv[0].endswith("/clima"):
                 problems.append(f"{where}: not the clima binary")
@@ -354,7 +360,7 @@ def image_tags(overlays, root):
                 if tag != version:
                     problems.append(f"{overlay}: {doc['metadata']['name']} pulls {image}, but every push path "
                                     f"pushes tag {version}")
-                if _service_of(image) not in ("api", "writer", "consumer", "dashboard"):
+                if service_of(image) not in ("api", "writer", "consumer", "dashboard"):
                     problems.append(f"{overlay}: {image} is not an image any push path builds")
     return problems
 

@@ -242,13 +242,8 @@ def main():
             env["CLIMA_KAFKA_IDEMPOTENCE"] = "false"
             for key, default in BROKER_NAMES.items():
                 env[key] = env.get(key, default) + suffix
-            # What the pod runs: the ci/images image's entrypoint and cmd, with the
-            # Deployment's command/args; the binary itself is this checkout's.
-            entrypoint, cmd = image_config(container["image"].split("@")[0].rsplit("/", 1)[-1].split(":")[0]
-                                           .removeprefix("clima-"))
-            command, args = container.get("command"), container.get("args")
-            argv = (command or entrypoint) + (args if (command or args) else cmd)
-            argv = [clima, *argv[1:]]
+            # What the pod runs with the ci/images image; the binary itself is this checkout's.
+            argv = [clima, *deploy_rules.effective_argv(container, image_config)[1:]]
             log = open(logs / f"{name}.log", "w")
             process = subprocess.Popen(argv, env={"PATH": os.environ["PATH"], **env}, stdout=log,
                                        stderr=subprocess.STDOUT)
