@@ -148,7 +148,8 @@ def age_kafka():
 
 
 def tracing_cost():
-    sink = subprocess.Popen([str(BENCH), "otlp-sink", "--listen", f"127.0.0.1:{OTLP_PORT}"], stdout=subprocess.PIPE, text=True)
+    sink = subprocess.Popen([str(BENCH), "otlp-sink", "--listen", f"127.0.0.1:{OTLP_PORT}"],
+                            stdout=subprocess.PIPE, text=True)
     try:
         wait_port(OTLP_PORT)
         restart_stack({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{OTLP_PORT}", "OTEL_TRACES_SAMPLER": "always_on"})

@@ -107,9 +107,18 @@ def accepted(binary, subcommand):
     if subcommand not in _help_cache:
         text = subprocess.run([binary, subcommand, "--help"], capture_output=True, text=True, check=True).stdout
         flags = set(re.findall(r"(?m)^\s+(?:-\w, )?(--[a-z][a-z0-9-]*)", text))
-        envs = set(re.findall(r"\[env:\s+([A-Z0-9_]+)=", text))
+        envs = set(re.findall(r"\[env:\s+([A-Z0-9_]+)[=\]]", text))  # secrets: no "=value"
         _help_cache[subcommand] = (flags, envs)
     return _help_cache[subcommand]
+
+
+def flag_defaults(binary):
+    """Each flag's default by env var, as `clima api|writer|consumer --help` shows it."""
+    defaults = {}
+    for subcommand in ("api", "writer", "consumer"):
+        text = subprocess.run([binary, subcommand, "--help"], capture_output=True, text=True, check=True).stdout
+        defaults.update(re.findall(r"\[env:\s+([A-Z0-9_]+)=[^\]]*\]\s*\[default:\s*([^\]]+)\]", text))
+    return defaults
 
 
 def container_env(docs):
@@ -134,6 +143,7 @@ def clima_container(docs, name):
 
 def check_rules(overlay, docs, binary, versions, dashboards):
     env_of = container_env(docs)
+    defaults = flag_defaults(binary)
     consumer_env = env_of(clima_container(docs, "consumer-kafka"))
     kafka_env = {name: value for name, value in consumer_env.items() if name in ("CLIMA_KAFKA_TOPIC", "CLIMA_KAFKA_GROUP")}
     rules = {
@@ -141,9 +151,9 @@ def check_rules(overlay, docs, binary, versions, dashboards):
         "kafka acls": lambda: deploy_rules.kafka_acls(docs, binary, kafka_env),
         "rabbitmq": lambda: deploy_rules.rabbitmq(docs),
         "image commands": lambda: deploy_rules.effective_commands(docs, ROOT, binary),
-        "memory limits": lambda: deploy_rules.memory_limits(docs, env_of),
+        "memory limits": lambda: deploy_rules.memory_limits(docs, env_of, defaults),
         "stores": lambda: deploy_rules.stores(docs),
-        "way in": lambda: deploy_rules.way_in(docs, env_of(clima_container(docs, "api"))),
+        "way in": lambda: deploy_rules.way_in(docs, env_of(clima_container(docs, "api")), defaults),
         "namespaces": lambda: deploy_rules.namespaces(docs),
         "grafana": lambda: deploy_rules.grafana(docs, dashboards, versions),
         "pinned images": lambda: deploy_rules.pinned_images(docs, versions),

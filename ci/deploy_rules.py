@@ -136,6 +136,13 @@ def _grants(acl, needed):
     return "All" in operations or set(needed["operations"]) <= operations
 
 
+def _granted(acls, need, operation):
+    """Whether `acls` allow, and do not deny, `operation` of `need`."""
+    one = {**need, "operations": [operation]}
+    return any(_grants(acl, one) for acl in acls if acl.get("type", "allow") == "allow") and \
+        not any(_grants(acl, one) for acl in acls if acl.get("type") == "deny")
+
+
 def kafka_acls(docs, binary, env):
     """The KafkaUser grants every ACL the clima services need with the
     overlay's topic and group (`clima kafka-acls`, from the code's own names)."""
@@ -150,11 +157,7 @@ def kafka_acls(docs, binary, env):
     for user in users:
         acls = user["spec"].get("authorization", {}).get("acls", [])
         for need in needed:
-            def granted(operation):
-                one = {**need, "operations": [operation]}
-                return any(_grants(acl, one) for acl in acls if acl.get("type", "allow") == "allow") and \
-                    not any(_grants(acl, one) for acl in acls if acl.get("type") == "deny")
-            missing = [operation for operation in need["operations"] if not granted(operation)]
+            missing = [operation for operation in need["operations"] if not _granted(acls, need, operation)]
             if missing:
                 problems.append(f"KafkaUser {user['metadata']['name']}: no ACL grants {missing} on "
                                 f"{need['resource']['type']} {need['resource'].get('name', '')}".rstrip())
@@ -279,7 +282,9 @@ def image_configs(root):
     build = _read(root / "BUILD.bazel")
     block = re.search(r"oci_image\((.*?)\n    \)", build, re.S)
     if block:
-        def bazel(service, block=block.group(1)):
+        image = block.group(1)
+
+        def bazel(service, block=image):
             def value(attribute):
                 found = re.search(rf"\b{attribute} = (\[.*?\]),", block, re.S)
                 return ast.literal_eval(re.sub(r"\bservice\b", repr(service), found.group(1))) if found else None
@@ -376,10 +381,10 @@ RECORD_BYTES = 1536
 GRPC_MAX_MESSAGE = 4 * MIB
 # librdkafka defaults: queued.max.messages.kbytes (KiB) and fetch.max.bytes.
 RDKAFKA_DEFAULTS = {"queued.max.messages.kbytes": 65536, "fetch.max.bytes": 52428800}
-# clima's flag defaults, as `clima <command> --help` shows them.
-FLAG_DEFAULTS = {"CLIMA_MAX_CONCURRENT_REQUESTS": 1024, "CLIMA_MAX_BODY_BYTES": MIB, "CLIMA_MAX_TWEETS": 1000,
-                 "CLIMA_BATCH_MAX_TWEETS": 1000, "CLIMA_BATCH_IN_FLIGHT": 8, "CLIMA_RABBITMQ_PREFETCH": 64,
-                 "CLIMA_CONSUMER_BATCH_SIZE": 500}
+# One open HTTP/1 connection: hyper's read and write buffers and the task.
+CONNECTION_BYTES = 16 * 1024
+# Everything of a record in memory but its description, whose bytes came in the body.
+RECORD_OVERHEAD = RECORD_BYTES - 280 * 4
 
 
 _K8S_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
@@ -399,21 +404,24 @@ def _redis_bytes(text):
     return int(found.group(1)) * units.get(found.group(2), 1) if found else None
 
 
-def worst_case_bytes(role, env, api_env, api_replicas, writers):
+def worst_case_bytes(role, env, api_env, api_replicas, writers, defaults):
     """What one container can hold at most under the limits its flags set;
-    the size of a batch is the API's setting (it builds them)."""
+    the size of a batch is the API's setting (it builds them). `defaults` are
+    the binary's flag defaults by env var (check_k8s reads them from --help)."""
     def flag(name, source=env):
-        return int(source.get(name, FLAG_DEFAULTS[name]))
+        return int(source.get(name, defaults[name]))
     batch_tweets = flag("CLIMA_BATCH_MAX_TWEETS", api_env)
     if role == "writer":
-        batch_tweets = min(batch_tweets, int(env.get("CLIMA_WRITER_MAX_RECORDS", 1000)))
+        batch_tweets = min(batch_tweets, flag("CLIMA_WRITER_MAX_RECORDS"))
     batch = batch_tweets * RECORD_BYTES
     if role == "api":
-        # Every admitted request: its body, the decoded tweets and their records;
-        # plus each batch in flight, copied once per writer call.
-        per_request = 2 * flag("CLIMA_MAX_BODY_BYTES") + flag("CLIMA_MAX_TWEETS") * RECORD_BYTES
+        # Every admitted request: its body, the decoded tweets and their records
+        # (whose descriptions are at most the body's bytes); plus each batch in
+        # flight, copied once per writer call.
+        body, tweets = flag("CLIMA_MAX_BODY_BYTES"), flag("CLIMA_MAX_TWEETS")
+        per_request = 2 * body + min(tweets * RECORD_BYTES, tweets * RECORD_OVERHEAD + body)
         return BASE_BYTES + flag("CLIMA_MAX_CONCURRENT_REQUESTS") * per_request + \
-            flag("CLIMA_BATCH_IN_FLIGHT") * batch * writers
+            flag("CLIMA_MAX_CONNECTIONS") * CONNECTION_BYTES + flag("CLIMA_BATCH_IN_FLIGHT") * batch * writers
     if role == "writer":
         # Every API replica's batches in flight, decoded and encoded for the broker.
         calls = api_replicas * flag("CLIMA_BATCH_IN_FLIGHT", api_env)
@@ -439,7 +447,7 @@ def _role(container):
     return args[0]
 
 
-def memory_limits(docs, container_env):
+def memory_limits(docs, container_env, defaults):
     """Each clima container's memory limit holds the worst case its flags allow."""
     hpas = {doc["spec"]["scaleTargetRef"]["name"]: doc["spec"] for doc in docs if doc["kind"] == "HorizontalPodAutoscaler"}
     api_replicas = hpas.get("api", {}).get("maxReplicas", 1)
@@ -452,7 +460,7 @@ def memory_limits(docs, container_env):
         if role is None:
             problems.append(f"{name}: no args, so its role (and worst case) is unknown")
             continue
-        need = worst_case_bytes(role, container_env(container), api_env, api_replicas, writers)
+        need = worst_case_bytes(role, container_env(container), api_env, api_replicas, writers, defaults)
         limit = container.get("resources", {}).get("limits", {}).get("memory")
         if need is None:
             continue
@@ -515,11 +523,11 @@ def namespaces(docs):
             for doc in docs if doc["kind"] not in cluster_scoped and doc["metadata"].get("namespace") != names[0]]
 
 
-def way_in(docs, api_env):
+def way_in(docs, api_env, defaults):
     """The route to POST /input exists, is well formed for the pinned Gateway
     API, and applies the API's own body-size and time limits at the edge."""
-    body = int(api_env.get("CLIMA_MAX_BODY_BYTES", FLAG_DEFAULTS["CLIMA_MAX_BODY_BYTES"]))
-    timeout = _seconds(api_env.get("CLIMA_REQUEST_TIMEOUT", "10s")) or 10
+    body = int(api_env.get("CLIMA_MAX_BODY_BYTES", defaults["CLIMA_MAX_BODY_BYTES"]))
+    timeout = _seconds(api_env.get("CLIMA_REQUEST_TIMEOUT", defaults["CLIMA_REQUEST_TIMEOUT"]))
     kinds = {}
     for doc in docs:
         kinds.setdefault(doc["kind"], []).append(doc)

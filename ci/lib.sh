@@ -1,4 +1,5 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
+# (SC2034: the settings below are read by the scripts that source this file.)
 # Sourced by every ci/ script: where state lives, idempotent installs, and
 # daemons tracked by PID file (started on 127.0.0.1 only, stopped by PID).
 

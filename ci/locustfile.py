@@ -1,5 +1,7 @@
-"""Locust load for POST /input, as the reference design drove it: each user
-posts one random weather tweet at a time. clima's own `clima load` is the
+"""Locust load for POST /input, in both shapes the reference design's clients
+send: `Tweeter` users post one tweet object at a time, and one
+`SpanishArrayTweeter` posts arrays of 10,000 tweets with the Spanish field
+names (`descripcion`, `Pais`, `Clima`; README lists the aliases). clima's own `clima load` is the
 faster, coordinated-omission-free generator; this file keeps Locust's web UI
 and CSV reports available for those who know it.
 
@@ -21,16 +23,35 @@ WEATHERS = {
 }
 
 
+def random_tweet():
+    weather = random.choice(list(WEATHERS))
+    return random.choice(WEATHERS[weather]), random.choice(COUNTRIES), weather
+
+
+def post(user, body, name):
+    # An Idempotency-Key makes the request safe to retry (see README).
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    with user.client.post("/input", json=body, headers=headers, name=name, catch_response=True) as response:
+        if response.status_code != 202:
+            response.failure(f"{response.status_code}: {response.text[:500]}")
+
+
 class Tweeter(FastHttpUser):
     wait_time = constant(0)
 
     @task
     def post_tweet(self):
-        weather = random.choice(list(WEATHERS))
-        tweet = {"description": random.choice(WEATHERS[weather]), "country": random.choice(COUNTRIES),
-                 "weather": weather}
-        # An Idempotency-Key makes the request safe to retry (see README).
-        headers = {"Idempotency-Key": str(uuid.uuid4())}
-        with self.client.post("/input", json=tweet, headers=headers, catch_response=True) as response:
-            if response.status_code != 202:
-                response.failure(f"{response.status_code}: {response.text}")
+        description, country, weather = random_tweet()
+        post(self, {"description": description, "country": country, "weather": weather}, "/input")
+
+
+class SpanishArrayTweeter(FastHttpUser):
+    # One such user, an array a second: 10,000 tweets/s on top of the single objects.
+    fixed_count = 1
+    wait_time = constant(1)
+    ARRAY_LENGTH = 10_000
+
+    @task
+    def post_array(self):
+        tweets = [dict(zip(("descripcion", "Pais", "Clima"), random_tweet())) for _ in range(self.ARRAY_LENGTH)]
+        post(self, tweets, "/input [array of 10,000, Spanish keys]")

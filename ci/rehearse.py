@@ -250,7 +250,7 @@ def main():
             pods.processes.append(process)
             started[name] = (process, container, local_ports)
             say(f"{name}: {' '.join(argv[1:])} with {len(env)} env vars from the manifest")
-        for name, (process, container, local_ports) in started.items():
+        for name, (_process, container, local_ports) in started.items():
             probe = container.get("readinessProbe", {})
             kind = next((kind for kind in ("httpGet", "tcpSocket", "grpc") if kind in probe), None)
             if kind is None:

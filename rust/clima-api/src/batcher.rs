@@ -8,9 +8,12 @@
 //! wait, and then they leave together. So batches grow with the load and
 //! latency does not pay for them at low load.
 //!
-//! A request's records never straddle two batches, and a batch succeeds or
-//! fails as a whole, so each request is still all or nothing, and 202 still
-//! means both brokers acknowledged every one of its tweets.
+//! A request's records never straddle two batches, unless the request alone
+//! holds more than a batch may (a big array): then it is cut into batches of
+//! its own. A request is answered 202 only when every one of its batches was
+//! acknowledged by both brokers; otherwise 503, and some of its tweets may
+//! have been published, which a retry with the same `Idempotency-Key` makes
+//! safe (the ids repeat, the stores count each once).
 
 use std::sync::Arc;
 
@@ -23,6 +26,7 @@ use crate::{ApiError, Writers};
 /// Hands requests' records to the dispatcher task.
 pub(crate) struct Batcher {
     queue: mpsc::Sender<Pending>,
+    max_tweets: usize,
 }
 
 /// One request's records, waiting for its batch to be confirmed.
@@ -41,13 +45,27 @@ impl Batcher {
         // Bounded by the request concurrency limit in practice; the bound
         // only keeps a misconfiguration from growing it without limit.
         let (queue, pending) = mpsc::channel(64 * 1024);
-        tokio::spawn(dispatch(pending, writers, max_tweets.max(1), max_in_flight.max(1)));
-        Self { queue }
+        let max_tweets = max_tweets.max(1);
+        tokio::spawn(dispatch(pending, writers, max_tweets, max_in_flight.max(1)));
+        Self { queue, max_tweets }
     }
 
     /// Publishes the records with whichever requests are waiting too; `Ok`
-    /// once every writer confirmed them.
-    pub(crate) async fn publish(&self, records: Vec<TweetRecord>) -> Result<(), ApiError> {
+    /// once every writer confirmed them. More records than a batch holds go as
+    /// several batches, all of which must be confirmed.
+    pub(crate) async fn publish(&self, mut records: Vec<TweetRecord>) -> Result<(), ApiError> {
+        if records.len() <= self.max_tweets {
+            return self.publish_batch(records).await;
+        }
+        let mut parts = Vec::with_capacity(records.len().div_ceil(self.max_tweets));
+        while !records.is_empty() {
+            let rest = records.split_off(records.len().min(self.max_tweets));
+            parts.push(self.publish_batch(std::mem::replace(&mut records, rest)));
+        }
+        futures::future::try_join_all(parts).await.map(drop)
+    }
+
+    async fn publish_batch(&self, records: Vec<TweetRecord>) -> Result<(), ApiError> {
         let (done, answer) = oneshot::channel();
         let pending = Pending { records, span: Span::current(), done };
         self.queue.send(pending).await.map_err(|_| ApiError::Unavailable("the API is shutting down".into()))?;

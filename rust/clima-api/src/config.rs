@@ -1,5 +1,10 @@
 use std::{path::PathBuf, time::Duration};
 
+/// Default of --max-tweets.
+pub const DEFAULT_MAX_TWEETS: usize = 10_000;
+/// Default of --max-body-bytes: 4 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiConfig {
     /// gRPC endpoint of a writer (repeatable; env: comma separated). Every
@@ -8,7 +13,6 @@ pub struct ApiConfig {
         long = "writer",
         env = "CLIMA_WRITERS",
         value_delimiter = ',',
-        required = true,
         default_values_t = ["http://127.0.0.1:50051".to_owned(), "http://127.0.0.1:50052".to_owned()]
     )]
     pub writers: Vec<String>,
@@ -35,8 +39,9 @@ pub struct ApiConfig {
     #[arg(long = "writer-timeout", env = "CLIMA_WRITER_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub writer_timeout: Duration,
 
-    /// Largest request body accepted, in bytes (413 above).
-    #[arg(long = "max-body-bytes", env = "CLIMA_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    /// Largest request body accepted, in bytes (413 above): room for an array
+    /// of --max-tweets tweets of about 400 bytes each.
+    #[arg(long = "max-body-bytes", env = "CLIMA_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 
     /// Requests handled at once; more are answered 503 at once (load shedding)
@@ -48,6 +53,16 @@ pub struct ApiConfig {
     #[arg(long = "request-timeout", env = "CLIMA_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// Longest a client may take to send a request's headers; also how long
+    /// an idle keep-alive connection stays open.
+    #[arg(long = "header-read-timeout", env = "CLIMA_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Most client connections served at once; more wait in the listen
+    /// backlog. Each open-loop `clima load` request in flight holds one.
+    #[arg(long = "max-connections", env = "CLIMA_MAX_CONNECTIONS", default_value_t = clima_http::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
     /// API key that POST /input requires (as `Authorization: Bearer <key>` or
     /// `X-Api-Key: <key>`); none means /input is open.
     #[arg(long = "api-key", env = "CLIMA_API_KEY", hide_env_values = true, conflicts_with = "api_key_file")]
@@ -57,14 +72,15 @@ pub struct ApiConfig {
     #[arg(id = "api_key_file", long = "api-key-file", env = "CLIMA_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
 
-    /// Most tweets accepted in one request (an array); keep it at most the
-    /// writers' --max-records.
-    #[arg(long = "max-tweets", env = "CLIMA_MAX_TWEETS", default_value_t = 1000)]
+    /// Most tweets accepted in one request (an array). Load clients of the
+    /// reference design send 10,000 at once. Arrays longer than
+    /// --batch-max-tweets go to the writers in several calls.
+    #[arg(long = "max-tweets", env = "CLIMA_MAX_TWEETS", default_value_t = DEFAULT_MAX_TWEETS)]
     pub max_tweets: usize,
 
     /// Most tweets in one writer call (one broker message): concurrent
-    /// requests are sent together up to this many; at most the writers'
-    /// --max-records, and never below --max-tweets.
+    /// requests are sent together up to this many, and a bigger request is
+    /// cut into calls of this many; at most the writers' --max-records.
     #[arg(long = "batch-max-tweets", env = "CLIMA_BATCH_MAX_TWEETS", default_value_t = 1000)]
     pub batch_max_tweets: usize,
 
@@ -80,17 +96,27 @@ impl ApiConfig {
         Self {
             writers,
             writer_timeout: Duration::from_secs(2),
-            max_body_bytes: 1024 * 1024,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_concurrent_requests: 1024,
             request_timeout: Duration::from_secs(10),
+            header_read_timeout: clima_http::DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: clima_http::DEFAULT_MAX_CONNECTIONS,
             api_key: None,
             api_key_file: None,
             writer_tls_ca: None,
             writer_tls_cert: None,
             writer_tls_key: None,
-            max_tweets: 1000,
+            max_tweets: DEFAULT_MAX_TWEETS,
             batch_max_tweets: 1000,
             batch_in_flight: 8,
+        }
+    }
+
+    /// The limits of the API's HTTP listener.
+    pub fn connection_limits(&self) -> clima_http::ConnectionLimits {
+        clima_http::ConnectionLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
         }
     }
 

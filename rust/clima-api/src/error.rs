@@ -23,8 +23,13 @@ pub enum ApiError {
     Unavailable(String),
     #[error("the server is at its limit of concurrent requests; retry shortly")]
     Overloaded,
-    #[error("the request took longer than {0:?}")]
+    #[error("the request took longer than {0:?}; none of its tweets was forwarded")]
     RequestTimeout(std::time::Duration),
+    #[error(
+        "the request took longer than {0:?} after its tweets were handed to the writers; they may still be \
+         counted, so retry with the same Idempotency-Key"
+    )]
+    TimedOutAfterHandOff(std::time::Duration),
     #[error("invalid writer endpoint {endpoint:?}: {source}")]
     WriterEndpoint {
         endpoint: String,
@@ -64,6 +69,7 @@ impl ApiError {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            Self::TimedOutAfterHandOff(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout_after_handoff"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::WriterEndpoint { .. } | Self::Serve(_) | Self::ReadFile { .. } | Self::EmptyApiKey => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

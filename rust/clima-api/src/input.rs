@@ -3,7 +3,7 @@ use std::time::SystemTime;
 use axum::{
     Json,
     body::Bytes,
-    extract::{State, rejection::BytesRejection},
+    extract::{FromRequest, Request, State},
     http::{HeaderMap, StatusCode, header::CONTENT_TYPE},
     response::IntoResponse,
 };
@@ -14,14 +14,12 @@ use serde_json::json;
 
 use crate::{ApiError, AppState};
 
+use naming::{NamedInput, Naming};
+
 /// `POST /input`: one tweet object or an array of them; answers with the
 /// accepted tweets' ids.
-pub(crate) async fn post_input(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let result = accept_input(&state, &headers, body).await;
+pub(crate) async fn post_input(State(state): State<AppState>, request: Request) -> Result<impl IntoResponse, ApiError> {
+    let result = accept_input(&state, request).await;
     match &result {
         Ok(ids) => metrics::counter!("clima_tweets_accepted_total").increment(ids.len() as u64),
         Err(error) => metrics::counter!("clima_input_errors_total", "error" => error.code()).increment(1),
@@ -30,13 +28,22 @@ pub(crate) async fn post_input(
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": ids.len(), "ids": ids }))))
 }
 
-async fn accept_input(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Vec<String>, ApiError> {
-    require_json(headers)?;
-    let idempotency_key = idempotency_key(headers)?;
+/// Reads, checks and forwards one request, within --request-timeout.
+///
+/// The timeout answers 408 only while nothing of the request has left: up to
+/// the hand-off to the batcher (upload, decoding, validation). Once its
+/// records are queued they will be published, so a timeout after that is a
+/// 503 that says so: a retry must carry the same `Idempotency-Key`.
+async fn accept_input(state: &AppState, request: Request) -> Result<Vec<String>, ApiError> {
+    let timeout = state.config.request_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let headers = request.headers().clone();
+    require_json(&headers)?;
+    let idempotency_key = idempotency_key(&headers)?;
+    let body = match tokio::time::timeout_at(deadline, Bytes::from_request(request, state)).await {
+        Ok(body) => body,
+        Err(_elapsed) => return Err(ApiError::RequestTimeout(timeout)),
+    };
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
             "request body is larger than {} bytes; send fewer tweets per request",
@@ -63,7 +70,14 @@ async fn accept_input(
         }
     }
     let ids = records.iter().map(|record| record.id.clone()).collect();
-    state.batcher.publish(records).await?;
+    if tokio::time::Instant::now() >= deadline {
+        return Err(ApiError::RequestTimeout(timeout));
+    }
+    // From here on the records are handed off: whatever happens, they may be counted.
+    match tokio::time::timeout_at(deadline, state.batcher.publish(records)).await {
+        Ok(published) => published?,
+        Err(_elapsed) => return Err(ApiError::TimedOutAfterHandOff(timeout)),
+    }
     Ok(ids)
 }
 
@@ -93,24 +107,46 @@ pub(crate) struct Decoded {
 }
 
 /// Decodes the body as one `TweetInput` object or an array of them, through
-/// the proto's JSON mapping (unknown fields are errors). Errors name the JSON
-/// path of the offending value, e.g. `[3].country`.
+/// the proto's JSON mapping (unknown fields are errors) with the Spanish
+/// aliases of [`naming`]. Errors name the JSON path of the offending value,
+/// e.g. `[3].country`.
 pub(crate) fn decode(body: &[u8]) -> Result<Decoded, ApiError> {
     match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
         Some(b'[') => {
-            let inputs: Vec<TweetInput> = decode_json(body)?;
-            if inputs.is_empty() {
+            let named: Vec<NamedInput> = decode_json(body)?;
+            if named.is_empty() {
                 return Err(ApiError::BadRequest("the array holds no tweets".into()));
             }
-            Ok(Decoded { inputs, array: true })
+            Ok(Decoded { inputs: one_naming(named)?, array: true })
         }
-        Some(b'{') => Ok(Decoded { inputs: vec![decode_json(body)?], array: false }),
+        Some(b'{') => Ok(Decoded { inputs: vec![decode_json::<NamedInput>(body)?.input], array: false }),
         Some(_) => Err(ApiError::InvalidJson {
             field: None,
             message: "body must be a JSON object or an array of objects".into(),
         }),
         None => Err(ApiError::BadRequest("request body is empty".into())),
     }
+}
+
+/// The inputs of an array whose objects all use the naming of the first one
+/// that named a field.
+fn one_naming(named: Vec<NamedInput>) -> Result<Vec<TweetInput>, ApiError> {
+    let mut first: Option<(Naming, String)> = None;
+    let mut inputs = Vec::with_capacity(named.len());
+    for (index, NamedInput { input, naming }) in named.into_iter().enumerate() {
+        match (&first, naming) {
+            (Some((expected, first_key)), Some((naming, key))) if *expected != naming => {
+                return Err(ApiError::InvalidJson {
+                    message: naming::mixed_naming_message(&key, (*expected, first_key)),
+                    field: Some(format!("[{index}].{key}")),
+                });
+            }
+            (None, naming @ Some(_)) => first = naming,
+            _ => {}
+        }
+        inputs.push(input);
+    }
+    Ok(inputs)
 }
 
 fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -183,6 +219,7 @@ pub(crate) fn accept(
         .collect()
 }
 
+mod naming;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

@@ -20,7 +20,6 @@ use axum::{
     Router,
     extract::DefaultBodyLimit,
     routing::{get, post},
-    serve::ListenerExt,
 };
 use tokio::net::TcpListener;
 
@@ -47,11 +46,8 @@ pub fn router(config: ApiConfig) -> Result<Router, ApiError> {
     let body_limit = config.max_body_bytes;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests));
     let api_key = config.resolved_api_key()?.map(Arc::from);
-    let batcher = Arc::new(batcher::Batcher::start(
-        Arc::clone(&writers),
-        config.batch_max_tweets.max(config.max_tweets),
-        config.batch_in_flight,
-    ));
+    let batcher =
+        Arc::new(batcher::Batcher::start(Arc::clone(&writers), config.batch_max_tweets, config.batch_in_flight));
     let state = AppState { writers, batcher, config: Arc::new(config), in_flight, api_key };
     let input = post(input::post_input)
         .layer::<_, Infallible>(axum::middleware::from_fn_with_state(state.clone(), observe::limit))
@@ -71,13 +67,8 @@ pub async fn serve(
     config: ApiConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
+    let limits = config.connection_limits();
     let app = router(config)?;
     tracing::info!(address = ?listener.local_addr().ok(), "api listening");
-    // No Nagle delay on small 202 answers behind a client's keep-alive connection.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "TCP_NODELAY not set");
-        }
-    });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(ApiError::Serve)
+    clima_http::serve(listener, app, limits, shutdown).await.map_err(ApiError::Serve)
 }

@@ -13,8 +13,9 @@ use tracing::{Instrument, field::Empty};
 use crate::{ApiError, AppState};
 
 /// Bounds what `POST /input` may cost: requests beyond --max-concurrent-requests
-/// are shed at once with 503 (memory stays bounded under overload), and a
-/// request, slow body upload included, gets --request-timeout in all.
+/// are shed at once with 503 (memory stays bounded under overload). The
+/// handler applies --request-timeout itself, as its answer depends on whether
+/// the tweets had been handed to the writers.
 pub(crate) async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if let Some(key) = &state.api_key
         && !presents_key(request.headers(), key)
@@ -24,11 +25,7 @@ pub(crate) async fn limit(State(state): State<AppState>, request: Request, next:
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
         return ApiError::Overloaded.into_response();
     };
-    let timeout = state.config.request_timeout;
-    match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_elapsed) => ApiError::RequestTimeout(timeout).into_response(),
-    }
+    next.run(request).await
 }
 
 /// Wraps every request: a server span that joins the caller's trace
@@ -70,10 +67,12 @@ pub(crate) async fn observe(route: Option<MatchedPath>, request: Request, next: 
 
 /// Whether the request carries the API key, compared in constant time.
 fn presents_key(headers: &axum::http::HeaderMap, key: &str) -> bool {
+    // The auth scheme is case-insensitive (RFC 9110 §11.1): `bearer`, `BEARER`.
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        .and_then(|value| value.trim_start().split_once(' '))
+        .and_then(|(scheme, credentials)| scheme.eq_ignore_ascii_case("bearer").then_some(credentials));
     let api_key_header = headers.get("x-api-key").and_then(|value| value.to_str().ok());
     [bearer, api_key_header]
         .into_iter()

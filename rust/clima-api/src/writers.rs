@@ -64,10 +64,11 @@ impl Writer {
     }
 }
 
-/// One writer's health as `/readyz` reports it.
+/// One writer's health as `/readyz` reports it: by its position in
+/// --writer (1-based), not its address, which is internal.
 #[derive(Debug, Serialize)]
 pub struct WriterHealth {
-    pub endpoint: String,
+    pub writer: usize,
     pub status: String,
 }
 
@@ -104,34 +105,34 @@ impl Writers {
     /// error names each writer that did not.
     pub async fn publish(&self, records: &[TweetRecord], requests: &[Span]) -> Result<(), ApiError> {
         let calls = self.writers.iter().map(|writer| writer.publish(records, requests));
-        let failures: Vec<String> = join_all(calls)
-            .await
-            .into_iter()
-            .filter_map(Result::err)
-            .map(|(endpoint, status)| {
-                tracing::warn!(endpoint, code = ?status.code(), message = status.message(), "writer did not confirm");
-                format!("writer {endpoint}: {:?}: {}", status.code(), status.message())
-            })
-            .collect();
-        if failures.is_empty() {
+        let mut failed = 0;
+        for (endpoint, status) in join_all(calls).await.into_iter().filter_map(Result::err) {
+            // The details are for operators; clients are not told internal endpoints.
+            tracing::warn!(endpoint, code = ?status.code(), message = status.message(), "writer did not confirm");
+            failed += 1;
+        }
+        if failed == 0 {
             Ok(())
         } else {
             Err(ApiError::Unavailable(format!(
-                "not every writer confirmed; retry the request ({})",
-                failures.join("; ")
+                "{failed} of {} writers did not confirm in time; retry the request with the same Idempotency-Key",
+                self.writers.len()
             )))
         }
     }
 
     /// Each writer's `grpc.health.v1` status; all SERVING means ready.
     pub async fn health(&self) -> (bool, Vec<WriterHealth>) {
-        let checks = self.writers.iter().map(|writer| async move {
+        let checks = self.writers.iter().enumerate().map(|(index, writer)| async move {
             let request = HealthCheckRequest { service: String::new() };
             let status = match writer.health.clone().check(request).await {
                 Ok(response) => response.into_inner().status().as_str_name().to_owned(),
-                Err(status) => format!("UNREACHABLE ({:?})", status.code()),
+                Err(status) => {
+                    tracing::debug!(endpoint = writer.endpoint, code = ?status.code(), "writer health check failed");
+                    format!("UNREACHABLE ({:?})", status.code())
+                }
             };
-            WriterHealth { endpoint: writer.endpoint.clone(), status }
+            WriterHealth { writer: index + 1, status }
         });
         let writers = join_all(checks).await;
         let ready = writers.iter().all(|w| w.status == ServingStatus::Serving.as_str_name());

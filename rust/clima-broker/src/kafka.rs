@@ -31,7 +31,7 @@ pub struct KafkaArgs {
 
     /// Extra librdkafka property as key=value (repeatable; env: comma separated),
     /// e.g. security.protocol=SASL_SSL.
-    #[arg(long = "kafka-option", env = "CLIMA_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    #[arg(long = "kafka-option", env = "CLIMA_KAFKA_OPTIONS", hide_env_values = true, value_delimiter = ',', value_parser = parse_key_value)]
     pub options: Vec<(String, String)>,
 }
 

@@ -27,6 +27,7 @@ pub struct RabbitMqArgs {
         long = "amqp-url",
         value_name = "URL",
         env = "CLIMA_AMQP_URL",
+        hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         hide_default_value = true
     )]

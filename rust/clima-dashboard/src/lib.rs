@@ -42,5 +42,5 @@ pub async fn serve(
     // HTTP/1.1 for browsers and HTTP/2 (h2c) for gRPC, on the same port.
     let app = web::router(stores).merge(grpc);
     tracing::info!(address = ?listener.local_addr().ok(), "dashboard listening (page, /api/stats, gRPC StatsService)");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    clima_http::serve(listener, app, clima_http::ConnectionLimits::default(), shutdown).await
 }

@@ -28,7 +28,7 @@ pub async fn serve(
         .route("/metrics", get(move || std::future::ready(metrics.render())))
         .route("/healthz", get(|| async { "ok" }));
     tracing::info!(address = ?listener.local_addr().ok(), "admin server listening (/metrics, /healthz)");
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let result = clima_http::serve(listener, app, clima_http::ConnectionLimits::default(), shutdown).await;
     upkeep.abort();
     result
 }

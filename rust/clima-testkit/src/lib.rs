@@ -56,6 +56,25 @@ pub fn valkey_server_binary() -> String {
     env_or("CLIMA_TEST_VALKEY_SERVER", "valkey-server")
 }
 
+/// Polls `probe` every 50 ms until it gives `Some`, for at most `within`;
+/// `None` if it never did. The one wait-for-a-condition loop of the tests.
+pub async fn eventually<T, F, Fut>(within: std::time::Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (the OS picks it; racy only in theory).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

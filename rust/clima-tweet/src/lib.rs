@@ -13,6 +13,12 @@ use clima_proto::v1::{Tweet, TweetInput, TweetRecord, Weather};
 /// Longest description accepted, in Unicode characters (a tweet's length).
 pub const MAX_DESCRIPTION_CHARS: usize = 280;
 
+/// How far a new record's `received_at` may be from a writer's clock, either
+/// way. The API stamps it a moment before the writer call, so only clock skew
+/// between hosts is allowed for; a record from the far past or future (year
+/// 9999) would fill per-minute buckets nobody reads and outlive their retention.
+pub const RECEIVED_AT_WINDOW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
 /// Why a tweet or record is invalid. [`TweetError::field`] names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TweetError {
@@ -26,10 +32,14 @@ pub enum TweetError {
     UnknownWeather(String),
     #[error("weather must be set")]
     UnspecifiedWeather,
-    #[error("id {0:?} is not a UUID")]
+    #[error(
+        "id {0:?} is not a UUID in canonical form (lower case, hyphenated, e.g. \"0192d1c4-5f1e-7b3a-9c2d-1e2f3a4b5c6d\")"
+    )]
     InvalidId(String),
     #[error("received_at must be set")]
     MissingReceivedAt,
+    #[error("received_at is {0} s away from this server's clock; at most {window} s are allowed", window = RECEIVED_AT_WINDOW.as_secs())]
+    ReceivedAtOutOfWindow(i64),
     #[error("tweet must be set")]
     MissingTweet,
 }
@@ -42,7 +52,7 @@ impl TweetError {
             Self::UnknownCountry(_) => "country",
             Self::UnknownWeather(_) | Self::UnspecifiedWeather => "weather",
             Self::InvalidId(_) => "id",
-            Self::MissingReceivedAt => "received_at",
+            Self::MissingReceivedAt | Self::ReceivedAtOutOfWindow(_) => "received_at",
             Self::MissingTweet => "tweet",
         }
     }
@@ -73,13 +83,37 @@ pub fn validate_tweet(tweet: &Tweet) -> Result<(), TweetError> {
     }
 }
 
-/// Checks a record as writers and consumers receive it.
+/// Checks a record as writers and consumers receive it. The id must be a
+/// UUID in its one canonical spelling: stores deduplicate on the id string, so
+/// `{…}`, `urn:uuid:…`, upper case or unhyphenated spellings of one UUID would
+/// otherwise each be counted.
 pub fn validate_record(record: &TweetRecord) -> Result<(), TweetError> {
-    uuid::Uuid::try_parse(&record.id).map_err(|_| TweetError::InvalidId(record.id.clone()))?;
+    if !is_canonical_uuid(&record.id) {
+        return Err(TweetError::InvalidId(record.id.clone()));
+    }
     if record.received_at.is_none() {
         return Err(TweetError::MissingReceivedAt);
     }
     validate_tweet(record.tweet.as_ref().ok_or(TweetError::MissingTweet)?)
+}
+
+/// Checks that a record about to be published was received within
+/// [`RECEIVED_AT_WINDOW`] of `now` (writers call this; consumers do not, as a
+/// backlog is old by nature).
+pub fn check_received_now(record: &TweetRecord, now: std::time::SystemTime) -> Result<(), TweetError> {
+    let at = record.received_at.as_ref().ok_or(TweetError::MissingReceivedAt)?;
+    let now = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs() as i64);
+    let skew = at.seconds.saturating_sub(now);
+    if skew.unsigned_abs() > RECEIVED_AT_WINDOW.as_secs() {
+        return Err(TweetError::ReceivedAtOutOfWindow(skew));
+    }
+    Ok(())
+}
+
+/// Whether `id` is a UUID spelled as [`uuid::Uuid`] displays it: 36
+/// characters, lower-case hex, hyphenated.
+pub fn is_canonical_uuid(id: &str) -> bool {
+    uuid::Uuid::try_parse(id).is_ok_and(|uuid| uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()) == id)
 }
 
 /// Parses a weather name as clients send it: `Lluvioso`, `Nublado` (or the

@@ -120,3 +120,36 @@ fn json_mapping_comes_from_the_proto() {
     assert_eq!(json["tweet"]["weather"], "WEATHER_SOLEADO");
     assert_eq!(serde_json::from_value::<TweetRecord>(json).unwrap(), record());
 }
+
+#[test]
+fn only_the_canonical_spelling_of_a_uuid_is_an_id() {
+    let canonical = record();
+    assert_eq!(validate_record(&canonical), Ok(()));
+    let id = canonical.id.clone();
+    for other_spelling in [
+        id.to_uppercase(),
+        format!("{{{id}}}"),
+        format!("urn:uuid:{id}"),
+        id.replace('-', ""),
+        format!(" {id}"),
+        "not-a-uuid".to_owned(),
+    ] {
+        let record = TweetRecord { id: other_spelling.clone(), ..record() };
+        assert_eq!(validate_record(&record), Err(TweetError::InvalidId(other_spelling)));
+    }
+}
+
+#[test]
+fn a_new_record_must_be_received_about_now() {
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let at = |seconds| TweetRecord { received_at: Some(Timestamp { seconds, nanos: 0 }), ..record() };
+    assert_eq!(check_received_now(&at(1_700_000_000 - 299), now), Ok(()));
+    assert_eq!(check_received_now(&at(1_700_000_000 + 299), now), Ok(()));
+    assert_eq!(check_received_now(&at(1_700_000_000 - 301), now), Err(TweetError::ReceivedAtOutOfWindow(-301)));
+    let year_9999 = 253_402_300_799;
+    assert_eq!(check_received_now(&at(year_9999), now).unwrap_err().field(), "received_at");
+    assert_eq!(
+        check_received_now(&TweetRecord { received_at: None, ..record() }, now),
+        Err(TweetError::MissingReceivedAt)
+    );
+}

@@ -5,7 +5,7 @@ use clima_proto::v1::{
     writer_service_server::{SERVICE_NAME, WriterService},
 };
 use clima_telemetry::propagation::{self, MetadataExtractor};
-use clima_tweet::validate_record;
+use clima_tweet::{check_received_now, validate_record};
 use tonic::{Code, Request, Response, Status};
 use tracing::{Instrument, field::Empty};
 
@@ -34,8 +34,10 @@ impl<S: Sink> Writer<S> {
                 self.max_records
             )));
         }
+        let now = std::time::SystemTime::now();
         for (index, record) in records.iter().enumerate() {
             validate_record(record)
+                .and_then(|()| check_received_now(record, now))
                 .map_err(|error| Status::invalid_argument(format!("records[{index}].{}: {error}", error.field())))?;
         }
         let broker = self.sink.name();

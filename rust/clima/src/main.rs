@@ -97,4 +97,42 @@ mod tests {
             }
         }
     }
+
+    /// Secrets travel in URLs (`redis://:password@…`), client options
+    /// (`sasl.password=…`) and keys: `--help` must not print their values.
+    #[test]
+    fn flags_that_can_carry_secrets_hide_their_env_values() {
+        let is_secret = |env: &str| {
+            env.ends_with("_URL") || env.ends_with("_OPTIONS") || env.ends_with("API_KEY") || env.contains("PASSWORD")
+        };
+        let mut secrets = 0;
+        for subcommand in super::Cli::command().get_subcommands() {
+            for arg in subcommand.get_arguments() {
+                let Some(env) = arg.get_env().and_then(|env| env.to_str()) else { continue };
+                if is_secret(env) {
+                    secrets += 1;
+                    assert!(
+                        arg.is_hide_env_values_set(),
+                        "clima {} --help would print {env}'s value",
+                        subcommand.get_name()
+                    );
+                }
+            }
+        }
+        assert!(secrets >= 6, "the rule found only {secrets} secret-bearing flags");
+    }
+
+    /// `--help` shows a default for --writer, so running without it must work.
+    #[test]
+    fn every_service_starts_from_its_defaults() {
+        use clap::Parser;
+        for argv in [&["clima", "api"][..], &["clima", "dashboard"], &["clima", "writer", "--sink", "kafka"]] {
+            if let Err(error) = super::Cli::try_parse_from(argv) {
+                panic!("{argv:?}: {error}");
+            }
+        }
+        let api = super::Cli::try_parse_from(["clima", "api"]).unwrap();
+        let super::Command::Api(args) = api.command else { panic!("not the api") };
+        assert_eq!(args.config.writers.len(), 2, "{:?}", args.config.writers);
+    }
 }

@@ -11,12 +11,8 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use opentelemetry::{global, propagation::TextMapCompositePropagator, trace::TracerProvider};
-use opentelemetry_sdk::{
-    Resource,
-    propagation::{BaggagePropagator, TraceContextPropagator},
-    trace::SdkTracerProvider,
-};
+use opentelemetry::{global, trace::TracerProvider};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, Layer, prelude::*};
@@ -105,10 +101,9 @@ fn tracer_provider(service_name: &str) -> anyhow::Result<Option<SdkTracerProvide
     if !endpoint_set || env_is("OTEL_SDK_DISABLED", "true") || env_is("OTEL_TRACES_EXPORTER", "none") {
         return Ok(None);
     }
-    global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
-    ]));
+    // W3C trace context only. No baggage: nothing in clima reads it, and a
+    // client's baggage would otherwise ride along on every writer call.
+    global::set_text_map_propagator(TraceContextPropagator::new());
     // The builder reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; ours is only the default.
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {

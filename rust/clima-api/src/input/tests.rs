@@ -107,3 +107,37 @@ fn idempotency_keys_are_bounded_visible_ascii() {
         assert!(idempotency_key(&headers).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn spanish_field_names_are_aliases_in_any_letter_case() {
+    let one = decode_str(r#"{"descripcion":"Está nublado","Pais":"gt","CLIMA":"Nublado"}"#).unwrap();
+    assert_eq!(
+        (one.inputs[0].description.as_str(), one.inputs[0].country.as_str(), one.inputs[0].weather.as_str()),
+        ("Está nublado", "gt", "Nublado")
+    );
+    let many = decode_str(
+        r#"[{"descripcion":"a","pais":"GT","clima":"Soleado"},{"Clima":"Lluvioso","Descripcion":"b","PAIS":"MX"}]"#,
+    )
+    .unwrap();
+    assert_eq!(many.inputs[1].country, "MX");
+    // Only the Spanish aliases fold letter case; the proto names are as the mapping has them.
+    assert!(json_error(r#"{"Description":"a","country":"GT","weather":"Soleado"}"#).1.contains("Description"));
+}
+
+#[test]
+fn mixing_the_namings_is_an_error_that_names_the_field() {
+    let (field, message) = json_error(r#"{"description":"a","pais":"GT","weather":"Soleado"}"#);
+    assert_eq!(field.as_deref(), Some("pais"), "{message}");
+    assert!(message.contains("description"), "{message}");
+
+    let (field, _) = json_error(
+        r#"[{"descripcion":"a","pais":"GT","clima":"Soleado"},{"description":"b","country":"GT","weather":"Soleado"}]"#,
+    );
+    assert_eq!(field.as_deref(), Some("[1].description"));
+
+    let (field, _) = json_error(r#"[{"descripcion":"a","Pais":"GT","clima":"Soleado","description":"b"}]"#);
+    assert_eq!(field.as_deref(), Some("[0].description"));
+
+    let (_, message) = json_error(r#"{"descripcion":"a","pais":"GT","clima":"Soleado","pays":"x"}"#);
+    assert!(message.contains("pays"), "unknown fields stay errors: {message}");
+}

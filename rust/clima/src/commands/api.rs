@@ -16,7 +16,7 @@ pub struct ApiArgs {
     admin: telemetry::AdminArgs,
 
     #[command(flatten)]
-    config: ApiConfig,
+    pub(crate) config: ApiConfig,
 }
 
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {

@@ -46,7 +46,7 @@ pub struct ConsumerArgs {
 struct StoreArgs {
     /// Redis/Valkey URL to count into [default: redis://127.0.0.1:6379 (Redis) for kafka,
     /// redis://127.0.0.1:6380 (Valkey) for rabbitmq].
-    #[arg(id = "store_url", long = "store-url", value_name = "URL", env = "CLIMA_STORE_URL")]
+    #[arg(id = "store_url", long = "store-url", value_name = "URL", env = "CLIMA_STORE_URL", hide_env_values = true)]
     url: Option<String>,
 
     /// PEM CA certificate that signed the store's certificate, for a `rediss://`

@@ -54,7 +54,7 @@ const WEATHERS: &[(&str, &[&str])] = &[
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
     /// URL of the API's POST /input (http://).
-    #[arg(long, env = "CLIMA_LOAD_URL", default_value = "http://127.0.0.1:8080/input")]
+    #[arg(long, env = "CLIMA_LOAD_URL", hide_env_values = true, default_value = "http://127.0.0.1:8080/input")]
     url: String,
 
     /// Tweets to send.

@@ -6,11 +6,21 @@ use clima_store::{CounterStore, Counts, KeySchema, Retention};
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoresArgs {
     /// Redis URL (counts from Kafka).
-    #[arg(long = "redis-url", env = "CLIMA_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long = "redis-url",
+        env = "CLIMA_REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
 
     /// Valkey URL (counts from RabbitMQ).
-    #[arg(long = "valkey-url", env = "CLIMA_VALKEY_URL", default_value = "redis://127.0.0.1:6380")]
+    #[arg(
+        long = "valkey-url",
+        env = "CLIMA_VALKEY_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6380"
+    )]
     pub valkey_url: String,
 
     /// Key prefix the consumers write under.

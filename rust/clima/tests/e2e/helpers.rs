@@ -7,7 +7,7 @@ use clima_broker::{
 };
 use clima_consumer::{BatchConfig, kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
 use clima_store::{CounterStore, Counts, KeySchema, Retention};
-use clima_testkit::{amqp_url, kafka_brokers, redis_url, unique_name, valkey_url};
+use clima_testkit::{amqp_url, eventually, kafka_brokers, redis_url, unique_name, valkey_url};
 use clima_writer::{
     ServerConfig,
     sinks::{KafkaSink, RabbitMqSink, kafka::KafkaSinkConfig, rabbitmq::RabbitMqSinkConfig},
@@ -129,15 +129,21 @@ impl TestStack {
     /// Waits until both stores counted `total` tweets, then a little longer
     /// (so that an extra, wrong count would show), and returns their counts.
     pub async fn counted(&self, total: u64) -> (Counts, Counts) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
+        eventually(Duration::from_secs(60), || async {
             let (redis, valkey) = (self.redis.read_counts(1).await.unwrap(), self.valkey.read_counts(1).await.unwrap());
-            if (redis.total >= total && valkey.total >= total) || tokio::time::Instant::now() > deadline {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                return (self.redis.read_counts(1).await.unwrap(), self.valkey.read_counts(1).await.unwrap());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            (redis.total >= total && valkey.total >= total).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (self.redis.read_counts(1).await.unwrap(), self.valkey.read_counts(1).await.unwrap())
+    }
+
+    /// Waits until Valkey counted `total` tweets (then a little longer), and returns its counts.
+    pub async fn valkey_counted(&self, total: u64) -> Counts {
+        let counted = || async { (self.valkey.read_counts(1).await.unwrap().total >= total).then_some(()) };
+        eventually(Duration::from_secs(60), counted).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.valkey.read_counts(1).await.unwrap()
     }
 }
 

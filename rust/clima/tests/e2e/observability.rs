@@ -155,7 +155,7 @@ async fn every_service_exposes_metrics_that_move_by_the_amount_sent() {
     for _ in 0..3 {
         assert_eq!(post_json(&client, &url, tweet).await.0, 202);
     }
-    let array = format!("[{}]", vec![tweet; 7].join(","));
+    let array = format!("[{}]", [tweet; 7].join(","));
     assert_eq!(post_json(&client, &url, &array).await.0, 202);
     assert_eq!(post_json(&client, &url, r#"{"description":"x","country":"ZZ","weather":"Soleado"}"#).await.0, 422);
     stack.wait_counted(10).await;

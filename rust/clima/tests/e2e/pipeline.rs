@@ -89,3 +89,37 @@ async fn a_retry_with_the_same_idempotency_key_is_counted_once() {
         assert_eq!(counts.by_country["CO"], 2);
     }
 }
+
+/// The shape load clients of the reference design send: one array of 10,000
+/// tweets with Spanish field names. It is more than one writer call holds, so
+/// it also crosses the API's split into several batches.
+#[tokio::test]
+async fn a_10000_tweet_array_with_spanish_keys_is_counted_exactly() {
+    let stack = TestStack::spawn().await;
+    let mut expected = clima_store::Counts::default();
+    let countries = ["GT", "MX", "US", "CA", "BR", "AR", "CO", "PE", "CL", "ES", "SV", "HN"];
+    let weathers = ["Lluvioso", "Nubloso", "Soleado"];
+    let array: Vec<_> = (0..10_000)
+        .map(|i| {
+            let (country, weather) = (countries[i % countries.len()], weathers[i % weathers.len()]);
+            expected.add(country, if weather == "Nubloso" { "Nublado" } else { weather });
+            json!({"descripcion": format!("Reporte número {i}"), "Pais": country, "Clima": weather})
+        })
+        .collect();
+    let (status, answer) = stack.post_input(&json!(array).to_string()).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], 10_000);
+
+    // Mixing the namings in one request is refused, names the field, and counts nothing.
+    let mixed =
+        r#"[{"descripcion":"a","pais":"GT","clima":"Soleado"},{"description":"b","country":"GT","weather":"Soleado"}]"#;
+    let (status, answer) = stack.post_input(mixed).await;
+    assert_eq!((status, answer["field"].as_str()), (400, Some("[1].description")), "{answer}");
+
+    let (redis, valkey) = stack.counted(expected.total).await;
+    for (store, counts) in [("redis", &redis), ("valkey", &valkey)] {
+        assert_eq!(counts.total, 10_000, "{store} total");
+        assert_eq!(counts.by_country, expected.by_country, "{store} per country");
+        assert_eq!(counts.by_country_weather, expected.by_country_weather, "{store} per country×weather");
+    }
+}

@@ -59,6 +59,25 @@ async fn writers_answer_invalid_argument_for_bad_records() {
     let status = writer.publish(PublishRequest { records: vec![no_time] }).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 
-    let (redis, valkey) = stack.counted(0).await;
-    assert_eq!((redis.total, valkey.total), (0, 0));
+    // One UUID in other spellings would be one tweet counted several times:
+    // only the canonical one is an id (it is counted below, once).
+    let canonical = clima_testkit::record("GT", clima_proto::v1::Weather::Soleado);
+    let id = canonical.id.clone();
+    for spelling in [id.to_uppercase(), format!("{{{id}}}"), format!("urn:uuid:{id}"), id.replace('-', "")] {
+        let record = TweetRecord { id: spelling.clone(), ..canonical.clone() };
+        let status = writer.publish(PublishRequest { records: vec![record] }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{spelling}");
+        assert!(status.message().contains("records[0].id"), "{}", status.message());
+    }
+    writer.publish(PublishRequest { records: vec![canonical] }).await.unwrap();
+
+    // A received time far from the writer's clock (year 9999) is refused too.
+    let mut far = clima_testkit::record("GT", clima_proto::v1::Weather::Soleado);
+    far.received_at.as_mut().unwrap().seconds = 253_402_300_799;
+    let status = writer.publish(PublishRequest { records: vec![far] }).await.unwrap_err();
+    assert!(status.message().contains("records[0].received_at"), "{}", status.message());
+
+    // Only the Valkey side is fed here (the RabbitMQ writer).
+    let valkey = stack.valkey_counted(1).await;
+    assert_eq!(valkey.total, 1, "the canonical spelling once; every other spelling nowhere");
 }

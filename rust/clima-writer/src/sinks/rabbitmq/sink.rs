@@ -37,10 +37,11 @@ impl RabbitMqSink {
     /// The confirm-mode channel, (re)connecting and declaring the topology if needed.
     async fn channel(&self) -> Result<Channel, SinkError> {
         let mut link = self.link.lock().await;
-        if let Some(open) = link.as_ref() {
-            if open.connection.status().connected() && open.channel.status().connected() {
-                return Ok(open.channel.clone());
-            }
+        if let Some(open) = link.as_ref()
+            && open.connection.status().connected()
+            && open.channel.status().connected()
+        {
+            return Ok(open.channel.clone());
         }
         *link = None;
         let connection = self.broker.connect("clima-writer").await?;
