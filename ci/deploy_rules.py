@@ -483,8 +483,13 @@ def stores(docs):
             continue
         container = doc["spec"]["template"]["spec"]["containers"][0]
         args = container.get("args", [])
-        settings = dict(zip(args[::2], args[1::2])) if all(a.startswith("--") for a in args[::2]) else {}
         where = f"StatefulSet {doc['metadata']['name']}"
+        if any(arg == "--requirepass" or "PASSWORD)" in arg for arg in args):
+            problems.append(f"{where}: the password is in argv (every process listing shows it); "
+                            "put requirepass in a config file")
+        # A config file may come first (redis-server [FILE] [--option value]...).
+        options = args[1:] if args and not args[0].startswith("--") else args
+        settings = dict(zip(options[::2], options[1::2])) if all(a.startswith("--") for a in options[::2]) else {}
         limit = container.get("resources", {}).get("limits", {}).get("memory")
         if settings.get("--maxmemory-policy") != "noeviction":
             problems.append(f"{where}: maxmemory-policy must be noeviction (an evicted dedupe marker double counts)")
@@ -621,7 +626,8 @@ def pinned_images(docs, versions):
     pinned = set(versions["images"].values())
     problems = []
     for doc in docs:
-        for container in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+        pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+        for container in pod.get("initContainers", []) + pod.get("containers", []):
             image = container["image"]
             if "/clima/clima-" not in image and image not in pinned:
                 problems.append(f"{doc['kind']} {doc['metadata']['name']}: image {image} is not pinned in "

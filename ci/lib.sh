@@ -6,6 +6,10 @@
 set -euo pipefail
 
 CLIMA_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# One build time for every cargo build of every script (ci/images stamps it
+# into the images): a crate whose build script reads it is not rebuilt
+# between ci/images and ci/up.
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$CLIMA_ROOT" log -1 --format=%ct 2>/dev/null || echo 0)}
 # Logs, PIDs and data of the local stack: one gitignored folder.
 CLIMA_STATE=${CLIMA_STATE:-$CLIMA_ROOT/.clima}
 # Machine-wide cache for tools that are slow to build (tansu: ~14 min cold),

@@ -5,6 +5,7 @@
 //! of a clima tweet, and prints one JSON object: what the service can do on
 //! this machine, so that clima's end-to-end rate can be read as a fraction of it.
 
+mod dedupe_memory;
 mod http;
 mod kafka;
 mod otlp_sink;
@@ -31,6 +32,8 @@ enum Command {
     Rabbitmq(rabbitmq::Args),
     /// Redis or Valkey: pipelined HINCRBY.
     Store(store::Args),
+    /// Redis or Valkey: memory per dedupe marker of clima's count script.
+    DedupeMemory(dedupe_memory::Args),
     /// An HTTP hello world on clima's server stack (axum on hyper): POST /input → 202.
     HttpHello(http::Args),
     /// An OTLP/gRPC trace receiver that only counts spans (for the cost of tracing).
@@ -66,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Rabbitmq(args) => rabbitmq::run(args).await?,
         Command::Store(args) => store::run(args).await?,
         Command::HttpHello(args) => return http::run(args).await,
+        Command::DedupeMemory(args) => return dedupe_memory::run(args).await,
         Command::OtlpSink(args) => return otlp_sink::run(args).await,
     };
     for rate in rates {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use clima_broker::kafka::{KafkaArgs, trace_headers};
 use clima_proto::v1::TweetRecord;
-use clima_store::CounterStore;
+use clima_store::{CounterStore, LogPosition};
 use clima_tweet::envelope;
 use rdkafka::{
     ClientContext, Message, Offset, Statistics, TopicPartitionList,
@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
 use crate::{
-    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored, process_spans, record_received,
-    retry_until_ok,
+    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored, dead_letter_reason,
+    process_spans, record_received, retry_until_ok,
 };
 
 /// librdkafka settings of the consumer that `--kafka-option` may override.
@@ -58,15 +58,24 @@ impl ConsumerContext for LagReporter {}
 
 type TweetConsumer = StreamConsumer<LagReporter>;
 
-/// One polled batch: the records to count with their process spans and, per
-/// partition, the offset to commit after.
+/// One polled batch: the records to count with their process spans and
+/// positions in the topic and, per partition, the offset to commit after.
 #[derive(Default)]
 struct Batch {
     records: Vec<TweetRecord>,
     spans: Vec<Span>,
+    positions: Vec<LogPosition>,
     next_offsets: BTreeMap<(String, i32), i64>,
     rejected: Vec<Rejected>,
+    /// Partitions whose messages were below the store's next offset: the
+    /// consumer seeks there instead of reading what was counted already.
+    behind: BTreeMap<i32, i64>,
 }
+
+/// Each partition's next offset not counted yet, as last read from or
+/// written to the store. Only a shortcut: the store's script is what skips
+/// a message that was counted, even when this is stale.
+type Counted = BTreeMap<i32, i64>;
 
 /// A message that is not a valid clima record, on its way to the dead-letter topic.
 struct Rejected {
@@ -107,19 +116,33 @@ pub async fn run(
         .set("statistics.interval.ms", "5000")
         .create_with_context(LagReporter)?;
     consumer.subscribe(&[&broker.topic])?;
-    tracing::info!(topic = %broker.topic, group = %source.group, "kafka consumer started");
+    let committed = committed_offsets(&consumer, &broker.topic);
+    let positions = || async {
+        store.adopt_log_positions(&broker.topic, &committed).await?;
+        store.log_positions(&broker.topic).await
+    };
+    let Some(mut counted) = retry_until_ok("reading the counted offsets", &shutdown, positions).await else {
+        return Ok(());
+    };
+    tracing::info!(topic = %broker.topic, group = %source.group, ?counted, "kafka consumer started");
 
     let mut last_commit = None;
     loop {
         let batch = tokio::select! {
-            batch = next_batch(&consumer, batching) => batch,
+            batch = next_batch(&consumer, batching, &counted) => batch,
             () = shutdown.cancelled() => break,
         };
+        let log = Some(crate::Batch::Log(&broker.topic, &batch.positions));
         if !dead_letter(&dead_letter_producer, &dead_letters.topic, &batch.rejected, &shutdown).await
-            || !count_until_stored(store, &batch.records, &batch.spans, Source::Kafka, &shutdown).await
+            || !count_until_stored(store, &batch.records, log, &batch.spans, Source::Kafka, &shutdown).await
         {
             break;
         }
+        for position in &batch.positions {
+            let next = counted.entry(position.partition).or_default();
+            *next = (*next).max(position.offset + 1);
+        }
+        skip_counted(&consumer, &broker.topic, &batch.behind);
         let offsets = next_offsets(&batch);
         commit(&consumer, &offsets, CommitMode::Async);
         last_commit = Some(offsets);
@@ -137,12 +160,12 @@ pub async fn run(
 /// Errors that `recv` reports (all brokers down, a broker restarting, a
 /// rebalance) are transient: librdkafka reconnects by itself, so they are
 /// logged and waited out, never allowed to stop the consumer.
-async fn next_batch(consumer: &TweetConsumer, batching: &BatchConfig) -> Batch {
+async fn next_batch(consumer: &TweetConsumer, batching: &BatchConfig, counted: &Counted) -> Batch {
     let mut batch = Batch::default();
     loop {
         match consumer.recv().await {
             Ok(first) => {
-                add(&mut batch, &first);
+                add(&mut batch, &first, counted);
                 break;
             }
             Err(error) => {
@@ -154,7 +177,7 @@ async fn next_batch(consumer: &TweetConsumer, batching: &BatchConfig) -> Batch {
     let deadline = tokio::time::Instant::now() + batching.linger;
     while batch.records.len() < batching.max_records {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(message)) => add(&mut batch, &message),
+            Ok(Ok(message)) => add(&mut batch, &message, counted),
             Ok(Err(error)) => {
                 tracing::warn!(%error, "kafka consumer error; counting the batch so far");
                 break;
@@ -165,7 +188,16 @@ async fn next_batch(consumer: &TweetConsumer, batching: &BatchConfig) -> Batch {
     batch
 }
 
-fn add(batch: &mut Batch, message: &BorrowedMessage<'_>) {
+fn add(batch: &mut Batch, message: &BorrowedMessage<'_>, counted: &Counted) {
+    batch.next_offsets.insert((message.topic().to_owned(), message.partition()), message.offset() + 1);
+    if let Some(&next) = counted.get(&message.partition())
+        && message.offset() < next
+    {
+        // Counted before (a renamed group, a reset or expired offset): not even decoded.
+        metrics::counter!("clima_skipped_counted_messages_total", "source" => "kafka").increment(1);
+        batch.behind.insert(message.partition(), next);
+        return;
+    }
     let content_type = message.headers().and_then(|headers| {
         headers
             .iter()
@@ -182,6 +214,11 @@ fn add(batch: &mut Batch, message: &BorrowedMessage<'_>) {
                 None => process_spans("kafka", message.topic(), &records, &std::collections::HashMap::new()),
             };
             batch.spans.extend(spans);
+            batch.positions.push(LogPosition {
+                partition: message.partition(),
+                offset: message.offset(),
+                records: records.len(),
+            });
             batch.records.extend(records);
         }
         Err(error) => {
@@ -190,11 +227,43 @@ fn add(batch: &mut Batch, message: &BorrowedMessage<'_>) {
                 key: message.key().map(<[u8]>::to_vec),
                 payload: message.payload().unwrap_or_default().to_vec(),
                 headers: message.headers().map(|headers| headers.detach()),
-                reason: error.to_string(),
+                reason: dead_letter_reason(&error),
             });
         }
     }
-    batch.next_offsets.insert((message.topic().to_owned(), message.partition()), message.offset() + 1);
+}
+
+/// The group's committed offset of every partition of `topic` that has one.
+/// Empty if the broker cannot say (then only offsets written by the count
+/// script are known, which is the case for every store clima counted from
+/// the start).
+fn committed_offsets(consumer: &TweetConsumer, topic: &str) -> Counted {
+    let timeout = std::time::Duration::from_secs(10);
+    let Ok(metadata) = consumer.fetch_metadata(Some(topic), timeout) else { return Counted::new() };
+    let mut partitions = TopicPartitionList::new();
+    for partition in metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions()) {
+        partitions.add_partition(topic, partition.id());
+    }
+    let Ok(committed) = consumer.committed_offsets(partitions, timeout) else { return Counted::new() };
+    committed
+        .elements()
+        .iter()
+        .filter_map(|element| match element.offset() {
+            Offset::Offset(offset) => Some((element.partition(), offset)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Moves each partition that is behind to the store's next offset, so what
+/// was counted already is not fetched again. A failed seek costs only reading.
+fn skip_counted(consumer: &TweetConsumer, topic: &str, behind: &BTreeMap<i32, i64>) {
+    for (&partition, &next) in behind {
+        tracing::info!(partition, next, "skipping messages the store counted already");
+        if let Err(error) = consumer.seek(topic, partition, Offset::Offset(next), std::time::Duration::from_secs(1)) {
+            tracing::debug!(%error, partition, "seek failed; counted messages are read and skipped instead");
+        }
+    }
 }
 
 /// Publishes every rejected message to the dead-letter topic (retrying until

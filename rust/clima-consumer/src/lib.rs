@@ -106,6 +106,16 @@ pub(crate) fn process_spans(
         .collect()
 }
 
+/// Which broker messages a batch's records came in, for the store to
+/// recognise a message it counted before.
+#[derive(Clone, Copy)]
+pub(crate) enum Batch<'a> {
+    /// From a Kafka topic: each message's partition and offset.
+    Log(&'a str, &'a [clima_store::LogPosition]),
+    /// From RabbitMQ: each message's id.
+    Delivered(&'a [clima_store::Delivered]),
+}
+
 /// Counts a batch, retrying the store until it succeeds: a batch is never
 /// skipped. Gives up only on shutdown, leaving the batch unacknowledged so the
 /// broker redelivers it to the next consumer.
@@ -116,6 +126,7 @@ pub(crate) fn process_spans(
 async fn count_until_stored(
     store: &CounterStore,
     records: &[TweetRecord],
+    messages: Option<Batch<'_>>,
     process_spans: &[Span],
     source: Source,
     shutdown: &CancellationToken,
@@ -138,7 +149,11 @@ async fn count_until_stored(
         .collect();
     let started = Instant::now();
     let count = || async {
-        let counted = store.count_batch(records).await;
+        let counted = match messages {
+            Some(Batch::Log(topic, positions)) => store.count_log_batch(topic, records, positions).await,
+            Some(Batch::Delivered(delivered)) => store.count_delivered(records, delivered).await,
+            None => store.count_batch(records).await,
+        };
         if counted.is_err() {
             metrics::counter!("clima_store_write_failures_total", "store" => system).increment(1);
         }
@@ -167,6 +182,26 @@ fn record_received(source: Source, tweets: Option<usize>) {
 
 /// Header of a dead-lettered message saying why it was not a valid record.
 pub const DEAD_LETTER_REASON_HEADER: &str = "clima-dead-letter-reason";
+
+/// Longest dead-letter reason, in bytes. A reason quotes the bad value, which
+/// whoever produced the message chose; uncut, a large one could push the dead
+/// letter over the broker's message limit, and it would be retried forever.
+pub const MAX_DEAD_LETTER_REASON_BYTES: usize = 1024;
+
+/// `error` as a dead letter's reason: at most [`MAX_DEAD_LETTER_REASON_BYTES`],
+/// cut at a character boundary and marked with `…`.
+pub fn dead_letter_reason(error: &dyn std::fmt::Display) -> String {
+    let mut reason = error.to_string();
+    if reason.len() > MAX_DEAD_LETTER_REASON_BYTES {
+        let mut end = MAX_DEAD_LETTER_REASON_BYTES - '…'.len_utf8();
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
+}
 
 /// Retries `attempt` with backoff (up to 5 s apart, without limit) until it
 /// succeeds, or returns `None` on shutdown: connecting, store writes and dead

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clima_broker::rabbitmq::{RabbitMqArgs, trace_headers};
-use clima_store::CounterStore;
+use clima_store::{CounterStore, Delivered};
 use clima_tweet::envelope;
 use futures::StreamExt;
 use lapin::{
@@ -19,8 +19,8 @@ use lapin::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored, process_spans, record_received,
-    retry_until_ok,
+    Batch, BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored, dead_letter_reason,
+    process_spans, record_received, retry_until_ok,
 };
 
 /// Where invalid messages of `queue` go: the durable queue `<queue>.dead`.
@@ -116,6 +116,7 @@ async fn consume(
             return Err(ConsumerError::StreamEnded);
         };
         let mut records = Vec::new();
+        let mut delivered = Vec::new();
         let mut spans = Vec::new();
         let mut last_valid_tag = None;
         let mut delivery = first?;
@@ -128,6 +129,8 @@ async fn consume(
                 Ok(decoded) => {
                     let headers = trace_headers::Extract(delivery.properties.headers().as_ref());
                     spans.extend(process_spans("rabbitmq", delivery.exchange.as_str(), &decoded, &headers));
+                    let message_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
+                    delivered.push(Delivered { message_id, records: decoded.len() });
                     records.extend(decoded);
                     last_valid_tag = Some(delivery.delivery_tag);
                 }
@@ -141,12 +144,19 @@ async fn consume(
                 Ok(None) | Err(_) => break,
             }
         }
-        if !count_until_stored(store, &records, &spans, Source::RabbitMq, shutdown).await {
+        if !count_until_stored(store, &records, Some(Batch::Delivered(&delivered)), &spans, Source::RabbitMq, shutdown)
+            .await
+        {
             // Shutting down with the batch uncounted: unacked, RabbitMQ redelivers it.
             return Ok(());
         }
         if let Some(tag) = last_valid_tag {
             channels.consume.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
+            // Acked: no redelivery can come, so the journal entries can go. Left
+            // behind (a crash right here), they only cost memory until they expire.
+            if let Err(error) = store.forget_acked(&delivered).await {
+                tracing::debug!(%error, "acked messages stay in the unacked journal until they expire");
+            }
         }
     }
 }
@@ -161,7 +171,7 @@ async fn dead_letter(
 ) -> Result<(), ConsumerError> {
     tracing::warn!(%error, delivery_tag = delivery.delivery_tag, "invalid message; dead-lettering it");
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(DEAD_LETTER_REASON_HEADER.into(), AMQPValue::LongString(error.to_string().into()));
+    headers.insert(DEAD_LETTER_REASON_HEADER.into(), AMQPValue::LongString(dead_letter_reason(error).into()));
     let properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
     let confirmation = channels
         .dead_letters

@@ -176,3 +176,61 @@ async fn rabbitmq_to_valkey_counts_once_dead_letters_poison_and_acks() {
     assert_eq!(queue.message_count(), 0);
     channel.queue_delete(broker.queue.as_str().into(), Default::default()).await.unwrap();
 }
+
+#[test]
+fn a_dead_letter_reason_is_bounded_whatever_the_bad_value() {
+    let huge_country = "Ñ".repeat(500_000);
+    let error = clima_tweet::TweetError::UnknownCountry(huge_country);
+    let reason = crate::dead_letter_reason(&error);
+    assert!(reason.len() <= crate::MAX_DEAD_LETTER_REASON_BYTES, "{} bytes", reason.len());
+    assert!(reason.starts_with("country \"ÑÑ") && reason.ends_with('…'), "{reason}");
+    let short = clima_tweet::TweetError::UnknownCountry("ZZ".into());
+    assert_eq!(crate::dead_letter_reason(&short), short.to_string());
+}
+
+/// A renamed consumer group (or a reset or expired offset) reads the topic
+/// from the start again. Long after the dedupe markers expired, the store's
+/// own next offsets keep it from counting anything twice.
+#[tokio::test]
+async fn a_replay_by_a_new_group_after_the_dedupe_window_counts_nothing_twice() {
+    let broker = KafkaArgs {
+        brokers: kafka_brokers(),
+        topic: unique_name("replay-topic"),
+        partitions: 2,
+        replication_factor: 1,
+        options: Vec::new(),
+    };
+    let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
+    sink.publish(&tweets_with_a_duplicate()).await.unwrap();
+    // Markers live one second here: a replay later than that relies on offsets alone.
+    let retention = Retention { dedupe_window: Duration::from_secs(1), ..Retention::default() };
+    let store = CounterStore::connect(&redis_url(), KeySchema::new(unique_name("replay")), retention).await.unwrap();
+
+    let consume_as = |group: String, until_total: u64| {
+        let (broker, store) = (broker.clone(), store.clone());
+        async move {
+            let shutdown = CancellationToken::new();
+            let source = KafkaSourceConfig { group };
+            let consumer = tokio::spawn({
+                let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
+                async move { crate::kafka::run(&broker, &source, &BatchConfig::default(), &store, shutdown).await }
+            });
+            let counts = counted(&store, until_total).await;
+            shutdown.cancel();
+            consumer.await.unwrap().unwrap();
+            counts
+        }
+    };
+    assert_counts(&consume_as(unique_name("group"), 5).await);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // A new tweet, then a group that has never committed: it starts at the earliest offset.
+    sink.publish(&[record("CA", Weather::Nublado)]).await.unwrap();
+    let counts = consume_as(unique_name("renamed-group"), 6).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = store.read_counts(1).await.unwrap();
+    assert_eq!((counts.total, later.total), (6, 6), "the replay counted only the new tweet");
+    assert_eq!(later.by_country["GT"], 3);
+    let positions = store.log_positions(&broker.topic).await.unwrap();
+    assert_eq!(positions.values().sum::<i64>(), 2, "one message a partition-offset: {positions:?}");
+}

@@ -1,10 +1,12 @@
 //! Tweet counters in Redis or Valkey (same protocol, same code).
 //!
 //! [`CounterStore::count_batch`] counts a batch of records in ONE round trip
-//! (a Lua script, atomic on the server) and counts each tweet id at most once:
-//! the script sets a `seen` marker with `SET NX EX` and increments the
-//! counters only when the marker was new. Consumers can therefore retry a
-//! batch, or receive a broker redelivery, without counting anything twice.
+//! (a Lua script, atomic on the server) and counts each tweet at most once:
+//! Kafka messages by their offsets ([`CounterStore::count_log_batch`]),
+//! RabbitMQ redeliveries by an unacked-message journal
+//! ([`CounterStore::count_delivered`]), and every tweet id by a dedupe marker
+//! for a window (a client's retry). Consumers can therefore retry a batch, or
+//! receive a broker redelivery or replay, without counting anything twice.
 //! The key schema is [`KeySchema`]; ARCHITECTURE.md documents it.
 
 use std::{collections::BTreeMap, time::Duration};
@@ -45,9 +47,27 @@ impl KeySchema {
     pub fn minute(&self, minute: i64) -> String {
         format!("{}{minute}", self.minute_prefix())
     }
-    /// String marker: this tweet id was counted; expires after the dedupe window.
-    pub fn seen(&self, tweet_id: &str) -> String {
-        format!("{}{tweet_id}", self.seen_prefix())
+    /// Hash of dedupe markers: the binary ids (16 bytes) of the tweets counted
+    /// in one generation (a dedupe window long) whose ids end in `bucket` (4
+    /// hex digits). Small hashes are listpacks, ~26 bytes a marker where one
+    /// key per id took ~140; expires two windows after its generation began.
+    pub fn seen(&self, generation: u64, bucket: &str) -> String {
+        format!("{}{generation}:{bucket}", self.seen_prefix())
+    }
+    /// String: this broker message (by its message id) was counted and not
+    /// yet acknowledged; deleted after the ack. What makes a RabbitMQ
+    /// redelivery count nothing, however late it comes.
+    pub fn counted_message(&self, message_id: &str) -> String {
+        format!("{}{message_id}", self.counted_message_prefix())
+    }
+    fn counted_message_prefix(&self) -> String {
+        format!("{}:unacked-message:", self.prefix)
+    }
+    /// Hash: partition → the next offset of that Kafka topic's partition not
+    /// counted yet. Written by the same script as the counters, so a message
+    /// below it is never counted again, whatever the consumer group's offsets say.
+    pub fn log_positions(&self, topic: &str) -> String {
+        format!("{}:kafka-next-offset:{topic}", self.prefix)
     }
     fn minute_prefix(&self) -> String {
         format!("{}:minute:", self.prefix)
@@ -60,16 +80,27 @@ impl KeySchema {
 /// How long markers and per-minute counters live.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
-    /// How long a counted tweet id is remembered: a redelivery or retry of the
-    /// same id later than this would be counted again.
+    /// How long a counted tweet id is surely remembered (and at most twice
+    /// that): a client's retry of the same tweet later than this may be
+    /// counted again. Kafka replays and RabbitMQ redeliveries do not depend on
+    /// it (next offsets and the unacked-message journal cover them).
     pub dedupe_window: Duration,
     /// How long per-minute counters are kept.
     pub minutes: Duration,
 }
 
+/// Default dedupe window: client retries come seconds to minutes after the
+/// first attempt, and at 20,000 tweets/s the markers of two windows of 3 min
+/// take ~150 MB (ARCHITECTURE.md, "What deduplication costs").
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(3 * 60);
+
+/// How long a counted, unacknowledged message is remembered; a redelivery
+/// comes when its consumer's connection closes, so this only bounds leaks.
+const UNACKED_MESSAGE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 impl Default for Retention {
     fn default() -> Self {
-        Self { dedupe_window: Duration::from_secs(24 * 3600), minutes: Duration::from_secs(7 * 24 * 3600) }
+        Self { dedupe_window: DEFAULT_DEDUPE_WINDOW, minutes: Duration::from_secs(7 * 24 * 3600) }
     }
 }
 
@@ -96,26 +127,99 @@ pub struct CounterStore {
 }
 
 /// Atomic, idempotent batch count. KEYS: total, country, weather,
-/// country_weather. ARGV: seen prefix, minute prefix, dedupe TTL s, minute
-/// TTL s, then (id, country, weather, minute) per record. Returns how many
-/// records were new.
+/// country_weather, and for records read from a Kafka topic its
+/// [`KeySchema::log_positions`] hash. ARGV: seen prefix, minute prefix, dedupe
+/// window s, minute TTL s, unacked-message prefix, its TTL s, then per broker
+/// message: partition, offset (-1: not from a log), message id (or ""), record
+/// count, and per record (16-byte binary id, country, weather, minute).
+/// Returns how many records were new.
+///
+/// A message is skipped whole when it was counted before: from a log, when its
+/// offset is below its partition's stored next offset (a redelivery, a renamed
+/// group, a reset offset); with a message id, when that id is in the
+/// unacked-message journal (a redelivery after a crash between count and
+/// ack). Otherwise each record counts unless its id is among the dedupe
+/// markers of this generation or the last (a client's retry).
+///
+/// Redis does not roll a script back: a command that fails halfway (a
+/// counter key of the wrong type, WRONGTYPE) would leave the batch's dedupe
+/// markers set and its counters unwritten, so a retry would skip those tweets
+/// for good. Every counter key's type is therefore checked before the first
+/// write, and a wrong one fails the batch with nothing written. (When Redis is
+/// out of memory under `noeviction`, the first write fails, so nothing is
+/// written either.) The marker hashes are clima's alone and not checked.
 const COUNT_BATCH_LUA: &str = r#"
 local seen_prefix, minute_prefix = ARGV[1], ARGV[2]
-local dedupe_ttl, minute_ttl = ARGV[3], ARGV[4]
+local window, minute_ttl = tonumber(ARGV[3]), ARGV[4]
+local unacked_prefix, unacked_ttl = ARGV[5], ARGV[6]
+local log_positions = KEYS[5]
+local expected = {{KEYS[1], 'string'}, {KEYS[2], 'hash'}, {KEYS[3], 'hash'}, {KEYS[4], 'hash'}}
+if log_positions then expected[#expected + 1] = {log_positions, 'hash'} end
+-- Read-only pass: the messages to take, and the minute keys they touch.
+local messages, minutes_seen = {}, {}
+local i = 7
+while i <= #ARGV do
+  local partition, offset, message_id, n = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
+  local first = i + 4
+  i = first + 4 * n
+  local take = true
+  if log_positions and offset >= 0 then
+    take = offset >= tonumber(redis.call('HGET', log_positions, partition) or -1)
+  end
+  if take and message_id ~= '' then
+    take = redis.call('EXISTS', unacked_prefix .. message_id) == 0
+  end
+  if take then
+    messages[#messages + 1] = {partition, offset, message_id, first, i - 1}
+    for m = first + 3, i - 1, 4 do
+      if not minutes_seen[ARGV[m]] then
+        minutes_seen[ARGV[m]] = true
+        expected[#expected + 1] = {minute_prefix .. ARGV[m], 'string'}
+      end
+    end
+  end
+end
+for _, key_type in ipairs(expected) do
+  local found = redis.call('TYPE', key_type[1])['ok']
+  if found ~= 'none' and found ~= key_type[2] then
+    return redis.error_reply('WRONGTYPE ' .. key_type[1] .. ' holds a ' .. found .. ', not a ' .. key_type[2] ..
+      '; nothing of this batch was written')
+  end
+end
+-- One clock for every consumer: the server's.
+local generation = math.floor(tonumber(redis.call('TIME')[1]) / window)
+local current, previous = seen_prefix .. generation .. ':', seen_prefix .. (generation - 1) .. ':'
 local counted = 0
 -- Only the dedupe marker is per tweet; the counters of the new tweets are
 -- summed here and written once per distinct field.
-local by_country, by_weather, by_pair, by_minute = {}, {}, {}, {}
-for i = 5, #ARGV, 4 do
-  local id, country, weather, minute = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  if redis.call('SET', seen_prefix .. id, '1', 'NX', 'EX', dedupe_ttl) then
-    counted = counted + 1
-    by_country[country] = (by_country[country] or 0) + 1
-    by_weather[weather] = (by_weather[weather] or 0) + 1
-    local pair = country .. ':' .. weather
-    by_pair[pair] = (by_pair[pair] or 0) + 1
-    by_minute[minute] = (by_minute[minute] or 0) + 1
+local by_country, by_weather, by_pair, by_minute, next_offsets, buckets = {}, {}, {}, {}, {}, {}
+for _, message in ipairs(messages) do
+  local partition, offset, message_id, first, last = message[1], message[2], message[3], message[4], message[5]
+  if log_positions and offset >= 0 and (next_offsets[partition] or -1) < offset + 1 then
+    next_offsets[partition] = offset + 1
   end
+  if message_id ~= '' then
+    redis.call('SET', unacked_prefix .. message_id, '1', 'EX', unacked_ttl)
+  end
+  for r = first, last, 4 do
+    local id, country, weather, minute = ARGV[r], ARGV[r + 1], ARGV[r + 2], ARGV[r + 3]
+    local bucket = string.format('%02x%02x', string.byte(id, 15, 16))
+    if redis.call('HEXISTS', previous .. bucket, id) == 0 and redis.call('HSETNX', current .. bucket, id, '') == 1 then
+      buckets[bucket] = true
+      counted = counted + 1
+      by_country[country] = (by_country[country] or 0) + 1
+      by_weather[weather] = (by_weather[weather] or 0) + 1
+      local pair = country .. ':' .. weather
+      by_pair[pair] = (by_pair[pair] or 0) + 1
+      by_minute[minute] = (by_minute[minute] or 0) + 1
+    end
+  end
+end
+for bucket in pairs(buckets) do
+  redis.call('EXPIRE', current .. bucket, 2 * window + 1, 'NX')
+end
+for partition, next_offset in pairs(next_offsets) do
+  redis.call('HSET', log_positions, partition, next_offset)
 end
 if counted > 0 then
   redis.call('INCRBY', KEYS[1], counted)
@@ -131,6 +235,31 @@ if counted > 0 then
 end
 return counted
 "#;
+
+/// Where the records of one Kafka message sit in its topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPosition {
+    pub partition: i32,
+    pub offset: i64,
+    /// How many of the batch's records, in order, came in this message.
+    pub records: usize,
+}
+
+/// One RabbitMQ message of a batch: its message id (if the publisher set one)
+/// and how many of the batch's records, in order, it carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub message_id: Option<String>,
+    pub records: usize,
+}
+
+/// One broker message's part of a script call.
+struct MessageArgs<'a> {
+    partition: i32,
+    offset: i64,
+    message_id: &'a str,
+    records: usize,
+}
 
 impl CounterStore {
     /// Connects (once; later drops are reconnected transparently). `rediss://`
@@ -178,27 +307,120 @@ impl CounterStore {
     /// Counts every record whose id was not counted before; returns how many
     /// were new. Safe to call again with the same records after an error.
     pub async fn count_batch(&self, records: &[TweetRecord]) -> Result<u64, StoreError> {
+        let whole = MessageArgs { partition: 0, offset: -1, message_id: "", records: records.len() };
+        self.count(None, records, &[whole]).await
+    }
+
+    /// Counts records read from a Kafka topic, message by message
+    /// (`positions`, in the records' order): a message below its partition's
+    /// stored next offset is skipped whole, and the next offsets advance in the
+    /// same atomic step as the counters. A replay from any offset, by any
+    /// consumer group, counts nothing twice for as long as this store keeps
+    /// its data.
+    pub async fn count_log_batch(
+        &self,
+        topic: &str,
+        records: &[TweetRecord],
+        positions: &[LogPosition],
+    ) -> Result<u64, StoreError> {
+        let messages: Vec<MessageArgs<'_>> = positions
+            .iter()
+            .map(|p| MessageArgs { partition: p.partition, offset: p.offset, message_id: "", records: p.records })
+            .collect();
+        self.count(Some(topic), records, &messages).await
+    }
+
+    /// Counts records delivered by RabbitMQ, message by message
+    /// (`delivered`, in the records' order). A message with an id is recorded
+    /// as counted-and-unacked in the same atomic step, and a redelivery of it
+    /// is skipped whole until [`Self::forget_acked`] is called after the ack.
+    pub async fn count_delivered(&self, records: &[TweetRecord], delivered: &[Delivered]) -> Result<u64, StoreError> {
+        let messages: Vec<MessageArgs<'_>> = delivered
+            .iter()
+            .map(|d| MessageArgs {
+                partition: 0,
+                offset: -1,
+                message_id: d.message_id.as_deref().unwrap_or_default(),
+                records: d.records,
+            })
+            .collect();
+        self.count(None, records, &messages).await
+    }
+
+    /// Drops the journal entries of messages the broker has now acknowledged.
+    pub async fn forget_acked(&self, delivered: &[Delivered]) -> Result<(), StoreError> {
+        let keys: Vec<String> =
+            delivered.iter().filter_map(|d| d.message_id.as_deref()).map(|id| self.keys.counted_message(id)).collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection.clone();
+        redis::cmd("UNLINK").arg(keys).query_async(&mut connection).await.map_err(|e| self.error(e))
+    }
+
+    /// Sets the next offset of each partition that has none yet (HSETNX):
+    /// how a store counted by an earlier clima, which kept no offsets, takes
+    /// over its consumer group's committed offsets (everything below them was
+    /// counted, as offsets are committed only after the count).
+    pub async fn adopt_log_positions(&self, topic: &str, committed: &BTreeMap<i32, i64>) -> Result<(), StoreError> {
+        if committed.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.log_positions(topic);
+        let mut pipe = redis::pipe();
+        for (partition, offset) in committed {
+            pipe.hset_nx(&key, partition, offset).ignore();
+        }
+        let mut connection = self.connection.clone();
+        pipe.query_async(&mut connection).await.map_err(|e| self.error(e))
+    }
+
+    /// Each partition's next offset not counted yet, as [`Self::count_log_batch`] stored it.
+    pub async fn log_positions(&self, topic: &str) -> Result<BTreeMap<i32, i64>, StoreError> {
+        let mut connection = self.connection.clone();
+        connection.hgetall(self.keys.log_positions(topic)).await.map_err(|e| self.error(e))
+    }
+
+    async fn count(
+        &self,
+        topic: Option<&str>,
+        records: &[TweetRecord],
+        messages: &[MessageArgs<'_>],
+    ) -> Result<u64, StoreError> {
         if records.is_empty() {
             return Ok(0);
         }
+        debug_assert_eq!(messages.iter().map(|m| m.records).sum::<usize>(), records.len());
         let mut invocation = self.count_script.prepare_invoke();
         invocation
             .key(self.keys.total())
             .key(self.keys.by_country())
             .key(self.keys.by_weather())
-            .key(self.keys.by_country_weather())
+            .key(self.keys.by_country_weather());
+        if let Some(topic) = topic {
+            invocation.key(self.keys.log_positions(topic));
+        }
+        invocation
             .arg(self.keys.seen_prefix())
             .arg(self.keys.minute_prefix())
             .arg(self.retention.dedupe_window.as_secs().max(1))
-            .arg(self.retention.minutes.as_secs().max(1));
-        for record in records {
-            let tweet = record.tweet.as_ref();
-            let weather = tweet.map_or(Weather::Unspecified, |t| t.weather());
-            invocation
-                .arg(&record.id)
-                .arg(tweet.map_or("", |t| t.country.as_str()))
-                .arg(weather_name(weather))
-                .arg(received_minute(record));
+            .arg(self.retention.minutes.as_secs().max(1))
+            .arg(self.keys.counted_message_prefix())
+            .arg(UNACKED_MESSAGE_TTL.as_secs());
+        let mut records = records.iter();
+        for message in messages {
+            invocation.arg(message.partition).arg(message.offset).arg(message.message_id).arg(message.records);
+            for record in records.by_ref().take(message.records) {
+                let tweet = record.tweet.as_ref();
+                let weather = tweet.map_or(Weather::Unspecified, |t| t.weather());
+                // Records are validated upstream: the id is a canonical UUID.
+                let id = uuid::Uuid::try_parse(&record.id).unwrap_or_default();
+                invocation
+                    .arg(id.as_bytes().as_slice())
+                    .arg(tweet.map_or("", |t| t.country.as_str()))
+                    .arg(weather_name(weather))
+                    .arg(received_minute(record));
+            }
         }
         let mut connection = self.connection.clone();
         invocation.invoke_async(&mut connection).await.map_err(|source| self.error(source))

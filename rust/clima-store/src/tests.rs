@@ -59,8 +59,11 @@ async fn dedupe_markers_expire_and_empty_batches_cost_nothing() {
     assert_eq!(store.count_batch(std::slice::from_ref(&one)).await.unwrap(), 1);
 
     let mut connection = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let seen_ttl: i64 = connection.ttl(keys.seen(&one.id)).await.unwrap();
-    assert!((1..=60).contains(&seen_ttl), "seen marker ttl {seen_ttl}");
+    let markers = marker_hashes(&mut connection, &keys).await;
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    assert!(markers[0].ends_with(&one.id[32..]), "bucketed by the id's last 4 hex digits: {markers:?}");
+    let seen_ttl: i64 = connection.ttl(&markers[0]).await.unwrap();
+    assert!((61..=121).contains(&seen_ttl), "a generation's markers live two windows: ttl {seen_ttl}");
     let minute_ttl: i64 = connection.ttl(keys.minute(clima_tweet::received_minute(&one))).await.unwrap();
     assert!((61..=120).contains(&minute_ttl), "minute ttl {minute_ttl}");
     assert_eq!(store.read_counts(1).await.unwrap().total, 1);
@@ -164,4 +167,69 @@ async fn a_tls_redis_counts_over_rediss_verified_against_our_ca() {
             .await
             .map_or(true, |connected| connected.is_err())
     );
+}
+
+/// Redis has no rollback: a counter key of the wrong type must fail the batch
+/// before any dedupe marker is set, or the retry would skip its tweets.
+#[tokio::test]
+async fn a_counter_key_of_the_wrong_type_fails_the_batch_with_nothing_written() {
+    let keys = KeySchema::new(unique_name("wrongtype"));
+    let store = CounterStore::connect(&redis_url(), keys.clone(), Retention::default()).await.unwrap();
+    let mut redis = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis.set(keys.by_weather(), "not a hash").await.unwrap();
+
+    let batch = vec![record("GT", Weather::Soleado), record("MX", Weather::Nublado)];
+    let error = store.count_batch(&batch).await.unwrap_err();
+    assert!(error.to_string().contains("WRONGTYPE"), "{error}");
+    assert_eq!(marker_hashes(&mut redis, &keys).await, Vec::<String>::new(), "markers set by a batch that failed");
+    let total: Option<u64> = redis.get(keys.total()).await.unwrap();
+    assert_eq!(total, None, "the total was written by a batch that failed");
+
+    // Once the key is repaired, the retry counts both tweets.
+    let _: () = redis.del(keys.by_weather()).await.unwrap();
+    assert_eq!(store.count_batch(&batch).await.unwrap(), 2);
+}
+
+/// The dedupe marker hashes under `keys`' prefix.
+async fn marker_hashes(connection: &mut redis::aio::MultiplexedConnection, keys: &KeySchema) -> Vec<String> {
+    let pattern = keys.seen(0, "").replace(":0:", ":*");
+    connection.keys(pattern).await.unwrap()
+}
+
+/// A RabbitMQ message counted and then redelivered (the consumer died before
+/// its ack) counts nothing, however late it comes: long after the tweets'
+/// dedupe markers are gone, the unacked-message journal still knows it.
+#[tokio::test]
+async fn a_redelivered_message_counts_nothing_however_late() {
+    let keys = KeySchema::new(unique_name("journal"));
+    let retention = Retention { dedupe_window: Duration::from_secs(1), ..Retention::default() };
+    let store = CounterStore::connect(&valkey_url(), keys.clone(), retention).await.unwrap();
+    let batch = vec![record("GT", Weather::Soleado), record("MX", Weather::Nublado), record("CO", Weather::Lluvioso)];
+    let delivered =
+        [Delivered { message_id: Some("message-1".into()), records: 2 }, Delivered { message_id: None, records: 1 }];
+    assert_eq!(store.count_delivered(&batch, &delivered).await.unwrap(), 3);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // The redelivery, after two dedupe windows: the message with an id is
+    // skipped whole; the one without (an old publisher) is counted again.
+    assert_eq!(store.count_delivered(&batch, &delivered).await.unwrap(), 1);
+    // Acked at last: its journal entry goes.
+    store.forget_acked(&delivered).await.unwrap();
+    let mut connection = redis::Client::open(valkey_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let kept: bool = connection.exists(keys.counted_message("message-1")).await.unwrap();
+    assert!(!kept, "the journal entry of an acked message was not dropped");
+    assert_eq!(store.read_counts(1).await.unwrap().by_country["GT"], 1);
+}
+
+/// A client's retry of the same tweets within the dedupe window counts once,
+/// whichever generation of markers holds the first attempt.
+#[tokio::test]
+async fn a_retry_within_the_window_counts_once_across_generations() {
+    let retention = Retention { dedupe_window: Duration::from_secs(2), ..Retention::default() };
+    let store = CounterStore::connect(&redis_url(), KeySchema::new(unique_name("window")), retention).await.unwrap();
+    let batch: Vec<_> = (0..200).map(|_| record("PE", Weather::Soleado)).collect();
+    assert_eq!(store.count_batch(&batch).await.unwrap(), 200);
+    // Crosses into the next generation (the window is 2 s) but stays within one window.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(store.count_batch(&batch).await.unwrap(), 0);
 }

@@ -39,6 +39,8 @@ enum Command {
     Load(commands::load::LoadArgs),
     /// Prints the counts in Redis and Valkey side by side.
     Stats(commands::stats::StatsArgs),
+    /// Rebuilds the Redis counts from the Kafka log into fresh keys and compares them with the live ones.
+    Recount(commands::recount::RecountArgs),
     /// Prints the Kafka ACLs the writer and the consumers need (a Strimzi KafkaUser's `acls`).
     KafkaAcls(commands::kafka_acls::KafkaAclsArgs),
 }
@@ -51,7 +53,7 @@ impl Command {
             Self::Writer(args) => Some(args.service_name()),
             Self::Consumer(args) => Some(args.service_name()),
             Self::Dashboard(_) => Some("clima-dashboard"),
-            Self::Load(_) | Self::Stats(_) | Self::KafkaAcls(_) => None,
+            Self::Load(_) | Self::Stats(_) | Self::Recount(_) | Self::KafkaAcls(_) => None,
         }
     }
 }
@@ -67,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Dashboard(args) => commands::dashboard::run(args).await,
         Command::Load(args) => commands::load::run(args).await,
         Command::Stats(args) => commands::stats::run(args).await,
+        Command::Recount(args) => commands::recount::run(args).await,
         Command::KafkaAcls(args) => commands::kafka_acls::run(&args),
     };
     if let Err(error) = &result {

@@ -58,8 +58,10 @@ struct StoreArgs {
     #[arg(long = "key-prefix", env = "CLIMA_KEY_PREFIX", default_value = "clima")]
     key_prefix: String,
 
-    /// How long a counted tweet id is remembered to drop redeliveries and retries.
-    #[arg(long = "dedupe-window", env = "CLIMA_DEDUPE_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    /// How long a counted tweet id is surely remembered (at most twice that),
+    /// so that a client's retry of it is not counted again. Kafka replays and
+    /// RabbitMQ redeliveries are covered without it (offsets, unacked journal).
+    #[arg(long = "dedupe-window", env = "CLIMA_DEDUPE_WINDOW", default_value = "3m", value_parser = humantime::parse_duration)]
     dedupe_window: Duration,
 
     /// How long per-minute counters are kept.

@@ -123,3 +123,43 @@ async fn a_10000_tweet_array_with_spanish_keys_is_counted_exactly() {
         assert_eq!(counts.by_country_weather, expected.by_country_weather, "{store} per country×weather");
     }
 }
+
+/// `clima recount` rebuilds the Redis side from the Kafka log and agrees with
+/// the live counts; a live count that drifted from the log is reported.
+#[tokio::test]
+async fn a_recount_from_the_kafka_log_agrees_with_the_live_counts() {
+    use redis::AsyncCommands;
+
+    let stack = TestStack::spawn().await;
+    let countries = ["GT", "MX", "ES"];
+    let array: Vec<_> = (0..300)
+        .map(|i| json!({"description": format!("r{i}"), "country": countries[i % 3], "weather": "Soleado"}))
+        .collect();
+    for _ in 0..3 {
+        let (status, answer) = stack.post_input(&json!(array).to_string()).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    stack.counted(900).await;
+
+    let recount = || async {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_clima"))
+            .args(["recount", "--from-beginning", "--json", "--kafka-topic", &stack.name, "--key-prefix", &stack.name])
+            .args(["--kafka-brokers", &clima_testkit::kafka_brokers(), "--store-url", &clima_testkit::redis_url()])
+            .output()
+            .await
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)));
+        (output.status.success(), report)
+    };
+    let (agreed, report) = recount().await;
+    assert!(agreed, "{report}");
+    assert_eq!((report["recount"]["total"].as_u64(), report["agree"].as_bool()), (Some(900), Some(true)), "{report}");
+
+    let mut redis =
+        redis::Client::open(clima_testkit::redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis.hincr(stack.redis.keys().by_country(), "GT", 1).await.unwrap();
+    let (agreed, report) = recount().await;
+    assert!(!agreed, "a drifted live count went unnoticed: {report}");
+    assert_eq!(report["recount"]["by_country"]["GT"], 300);
+}

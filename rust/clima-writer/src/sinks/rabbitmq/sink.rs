@@ -61,7 +61,10 @@ impl RabbitMqSink {
         headers.insert(envelope::HEADER_TWEET_COUNT.into(), AMQPValue::LongLongInt(records.len() as i64));
         // The consumer's batch span links here; each tweet's own trace travels in its record.
         clima_telemetry::propagation::inject(&span, &mut trace_headers::Inject(&mut headers));
+        // A message id of its own lets consumers recognise a redelivery of it
+        // after they counted it (the store's unacked-message journal).
         let properties = BasicProperties::default()
+            .with_message_id(uuid::Uuid::now_v7().to_string().into())
             .with_delivery_mode(PERSISTENT)
             .with_content_type(envelope::CONTENT_TYPE.into())
             .with_headers(headers);
