@@ -234,3 +234,47 @@ async fn a_replay_by_a_new_group_after_the_dedupe_window_counts_nothing_twice() 
     let positions = store.log_positions(&broker.topic).await.unwrap();
     assert_eq!(positions.values().sum::<i64>(), 2, "one message a partition-offset: {positions:?}");
 }
+
+/// A store that starts empty under a consumer group with committed offsets
+/// (counted before, by an earlier clima or into another store) takes the
+/// group's offsets over: a later replay from the start by another group
+/// counts nothing below them.
+#[tokio::test]
+async fn a_fresh_store_adopts_the_groups_committed_offsets() {
+    let broker = KafkaArgs {
+        brokers: kafka_brokers(),
+        topic: unique_name("adopt-topic"),
+        partitions: 2,
+        replication_factor: 1,
+        options: Vec::new(),
+    };
+    let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
+    sink.publish(&tweets_with_a_duplicate()).await.unwrap();
+    let consume = |group: &str, store: &CounterStore, settle: Duration| {
+        let (broker, store, source) = (broker.clone(), store.clone(), KafkaSourceConfig { group: group.to_owned() });
+        async move {
+            let shutdown = CancellationToken::new();
+            let consumer = tokio::spawn({
+                let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
+                async move { crate::kafka::run(&broker, &source, &BatchConfig::default(), &store, shutdown).await }
+            });
+            tokio::time::sleep(settle).await;
+            shutdown.cancel();
+            consumer.await.unwrap().unwrap();
+            store.read_counts(1).await.unwrap()
+        }
+    };
+    let group = unique_name("group");
+    let first = fresh_store(&redis_url()).await;
+    let counts = consume(&group, &first, Duration::from_secs(8)).await;
+    assert_counts(&counts);
+
+    let second = fresh_store(&redis_url()).await;
+    assert_eq!(consume(&group, &second, Duration::from_secs(5)).await.total, 0, "the group resumes at its offsets");
+    let adopted = second.log_positions(&broker.topic).await.unwrap();
+    assert!(!adopted.is_empty(), "the group's offsets were adopted");
+    let first_positions = first.log_positions(&broker.topic).await.unwrap();
+    assert_eq!(adopted, first_positions, "adopted {adopted:?}, counted {first_positions:?}");
+    let replay = consume(&unique_name("other-group"), &second, Duration::from_secs(8)).await;
+    assert_eq!(replay.total, 0, "a replay by a new group counted what the adopted offsets cover");
+}

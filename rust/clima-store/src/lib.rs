@@ -91,7 +91,7 @@ pub struct Retention {
 
 /// Default dedupe window: client retries come seconds to minutes after the
 /// first attempt, and at 20,000 tweets/s the markers of two windows of 3 min
-/// take ~150 MB (ARCHITECTURE.md, "What deduplication costs").
+/// take ~190 MB (ARCHITECTURE.md, "What deduplication costs").
 pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(3 * 60);
 
 /// How long a counted, unacknowledged message is remembered; a redelivery
