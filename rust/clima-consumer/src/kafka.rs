@@ -198,14 +198,7 @@ fn add(batch: &mut Batch, message: &BorrowedMessage<'_>, counted: &Counted) {
         batch.behind.insert(message.partition(), next);
         return;
     }
-    let content_type = message.headers().and_then(|headers| {
-        headers
-            .iter()
-            .find(|header| header.key == envelope::HEADER_CONTENT_TYPE)?
-            .value
-            .and_then(|v| std::str::from_utf8(v).ok())
-    });
-    let decoded = envelope::decode(content_type, message.payload().unwrap_or_default());
+    let decoded = decode(message);
     record_received(Source::Kafka, decoded.as_ref().ok().map(Vec::len));
     match decoded {
         Ok(records) => {
@@ -253,6 +246,18 @@ fn committed_offsets(consumer: &TweetConsumer, topic: &str) -> Counted {
             _ => None,
         })
         .collect()
+}
+
+/// The tweets of a Kafka message, decoded by its content-type header.
+pub fn decode(message: &BorrowedMessage<'_>) -> Result<Vec<TweetRecord>, envelope::EnvelopeError> {
+    let content_type = message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|header| header.key == envelope::HEADER_CONTENT_TYPE)?
+            .value
+            .and_then(|v| std::str::from_utf8(v).ok())
+    });
+    envelope::decode(content_type, message.payload().unwrap_or_default())
 }
 
 /// Moves each partition that is behind to the store's next offset, so what

@@ -17,6 +17,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{BatchConfig, kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
 
+/// A topic of its own, two partitions, on the local broker.
+fn kafka_topic(kind: &str) -> KafkaArgs {
+    KafkaArgs {
+        brokers: kafka_brokers(),
+        topic: unique_name(kind),
+        partitions: 2,
+        replication_factor: 1,
+        options: Vec::new(),
+    }
+}
+
 async fn fresh_store(url: &str) -> CounterStore {
     CounterStore::connect(url, KeySchema::new(unique_name("consumer")), Retention::default()).await.unwrap()
 }
@@ -56,13 +67,7 @@ fn assert_counts(counts: &Counts) {
 
 #[tokio::test]
 async fn kafka_to_redis_counts_once_dead_letters_poison_and_commits() {
-    let broker = KafkaArgs {
-        brokers: kafka_brokers(),
-        topic: unique_name("consumer-topic"),
-        partitions: 2,
-        replication_factor: 1,
-        options: Vec::new(),
-    };
+    let broker = kafka_topic("consumer-topic");
     let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
     sink.publish(&tweets_with_a_duplicate()).await.unwrap();
     publish_raw_kafka(&broker, b"not a protobuf record").await;
@@ -193,13 +198,7 @@ fn a_dead_letter_reason_is_bounded_whatever_the_bad_value() {
 /// own next offsets keep it from counting anything twice.
 #[tokio::test]
 async fn a_replay_by_a_new_group_after_the_dedupe_window_counts_nothing_twice() {
-    let broker = KafkaArgs {
-        brokers: kafka_brokers(),
-        topic: unique_name("replay-topic"),
-        partitions: 2,
-        replication_factor: 1,
-        options: Vec::new(),
-    };
+    let broker = kafka_topic("replay-topic");
     let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
     sink.publish(&tweets_with_a_duplicate()).await.unwrap();
     // Markers live one second here: a replay later than that relies on offsets alone.
@@ -241,13 +240,7 @@ async fn a_replay_by_a_new_group_after_the_dedupe_window_counts_nothing_twice() 
 /// counts nothing below them.
 #[tokio::test]
 async fn a_fresh_store_adopts_the_groups_committed_offsets() {
-    let broker = KafkaArgs {
-        brokers: kafka_brokers(),
-        topic: unique_name("adopt-topic"),
-        partitions: 2,
-        replication_factor: 1,
-        options: Vec::new(),
-    };
+    let broker = kafka_topic("adopt-topic");
     let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
     sink.publish(&tweets_with_a_duplicate()).await.unwrap();
     let consume = |group: &str, store: &CounterStore, settle: Duration| {

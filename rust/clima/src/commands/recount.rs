@@ -8,11 +8,9 @@ use anyhow::Context;
 use clima_broker::kafka::KafkaArgs;
 use clima_proto::v1::TweetRecord;
 use clima_store::{CounterStore, Counts, KeySchema, LogPosition, Retention};
-use clima_tweet::envelope;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
-    message::Headers,
 };
 
 #[derive(Debug, clap::Args)]
@@ -106,14 +104,7 @@ pub async fn run(args: RecountArgs) -> anyhow::Result<()> {
                 remaining.remove(&partition);
             }
             messages += 1;
-            let content_type = message.headers().and_then(|headers| {
-                headers
-                    .iter()
-                    .find(|h| h.key == envelope::HEADER_CONTENT_TYPE)?
-                    .value
-                    .and_then(|v| std::str::from_utf8(v).ok())
-            });
-            match envelope::decode(content_type, message.payload().unwrap_or_default()) {
+            match clima_consumer::kafka::decode(&message) {
                 Ok(decoded) => {
                     positions.push(LogPosition { partition, offset: message.offset(), records: decoded.len() });
                     records.extend(decoded);
