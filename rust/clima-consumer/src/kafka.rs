@@ -124,6 +124,7 @@ pub async fn run(
     let Some(mut counted) = retry_until_ok("reading the counted offsets", &shutdown, positions).await else {
         return Ok(());
     };
+    forget_offsets_beyond_the_log(&consumer, &broker.topic, store, &mut counted).await;
     tracing::info!(topic = %broker.topic, group = %source.group, ?counted, "kafka consumer started");
 
     let mut last_commit = None;
@@ -142,7 +143,7 @@ pub async fn run(
             let next = counted.entry(position.partition).or_default();
             *next = (*next).max(position.offset + 1);
         }
-        skip_counted(&consumer, &broker.topic, &batch.behind);
+        skip_counted(&consumer, &broker.topic, &batch, &counted);
         let offsets = next_offsets(&batch);
         commit(&consumer, &offsets, CommitMode::Async);
         last_commit = Some(offsets);
@@ -248,6 +249,43 @@ fn committed_offsets(consumer: &TweetConsumer, topic: &str) -> Counted {
         .collect()
 }
 
+/// A stored next offset above a partition's end means the topic was deleted
+/// and created again (offsets start over): the old offsets would skip the new
+/// messages, so they are dropped, and the dedupe markers alone guard that
+/// partition until it is counted again.
+async fn forget_offsets_beyond_the_log(
+    consumer: &TweetConsumer,
+    topic: &str,
+    store: &CounterStore,
+    counted: &mut Counted,
+) {
+    let timeout = std::time::Duration::from_secs(10);
+    let mut stale = Vec::new();
+    for (&partition, &next) in counted.iter() {
+        if let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, timeout)
+            && next > high
+        {
+            tracing::warn!(
+                partition,
+                next,
+                end = high,
+                "stored offset is past the partition's end: the topic was recreated"
+            );
+            stale.push(partition);
+        }
+    }
+    if stale.is_empty() {
+        return;
+    }
+    if let Err(error) = store.forget_log_positions(topic, &stale).await {
+        tracing::warn!(%error, "could not drop the recreated topic's offsets");
+        return;
+    }
+    for partition in stale {
+        counted.remove(&partition);
+    }
+}
+
 /// The tweets of a Kafka message, decoded by its content-type header.
 pub fn decode(message: &BorrowedMessage<'_>) -> Result<Vec<TweetRecord>, envelope::EnvelopeError> {
     let content_type = message.headers().and_then(|headers| {
@@ -260,10 +298,15 @@ pub fn decode(message: &BorrowedMessage<'_>) -> Result<Vec<TweetRecord>, envelop
     envelope::decode(content_type, message.payload().unwrap_or_default())
 }
 
-/// Moves each partition that is behind to the store's next offset, so what
-/// was counted already is not fetched again. A failed seek costs only reading.
-fn skip_counted(consumer: &TweetConsumer, topic: &str, behind: &BTreeMap<i32, i64>) {
-    for (&partition, &next) in behind {
+/// Moves each partition that was only behind in this batch (none of its
+/// messages were new) to the store's next offset, so what was counted already
+/// is not fetched again. A failed seek costs only reading.
+fn skip_counted(consumer: &TweetConsumer, topic: &str, batch: &Batch, counted: &Counted) {
+    for (&partition, &behind) in &batch.behind {
+        if batch.positions.iter().any(|position| position.partition == partition) {
+            continue;
+        }
+        let next = counted.get(&partition).map_or(behind, |&counted| counted.max(behind));
         tracing::info!(partition, next, "skipping messages the store counted already");
         if let Err(error) = consumer.seek(topic, partition, Offset::Offset(next), std::time::Duration::from_secs(1)) {
             tracing::debug!(%error, partition, "seek failed; counted messages are read and skipped instead");

@@ -106,6 +106,10 @@ impl Default for Retention {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("record id {0:?} is not a UUID")]
+    InvalidId(String),
+    #[error("store {url} runs {server}; the count script needs Redis or Valkey 7.0 or later")]
+    TooOld { url: String, server: String },
     #[error("store {url}: {source}")]
     Redis {
         url: String,
@@ -292,6 +296,12 @@ impl CounterStore {
         let mut connection = ConnectionManager::new_with_config(client, config).await.map_err(redis_error)?;
         let info: String = redis::cmd("INFO").arg("server").query_async(&mut connection).await.map_err(redis_error)?;
         let system = if info.contains("valkey_version") { "valkey" } else { "redis" };
+        // `EXPIRE … NX` (7.0) runs after the script's first writes: on an older
+        // server it would fail halfway and leave a batch half written.
+        let version = info.lines().find_map(|line| line.strip_prefix("redis_version:")).unwrap_or("0").trim();
+        if version.split('.').next().and_then(|major| major.parse::<u32>().ok()).unwrap_or(0) < 7 {
+            return Err(StoreError::TooOld { url: redact(url), server: format!("{system} {version}") });
+        }
         Ok(Self { url: redact(url), system, connection, keys, retention, count_script: Script::new(COUNT_BATCH_LUA) })
     }
 
@@ -375,6 +385,12 @@ impl CounterStore {
         pipe.query_async(&mut connection).await.map_err(|e| self.error(e))
     }
 
+    /// Drops the stored next offsets of these partitions (a recreated topic).
+    pub async fn forget_log_positions(&self, topic: &str, partitions: &[i32]) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        connection.hdel(self.keys.log_positions(topic), partitions).await.map_err(|e| self.error(e))
+    }
+
     /// Each partition's next offset not counted yet, as [`Self::count_log_batch`] stored it.
     pub async fn log_positions(&self, topic: &str) -> Result<BTreeMap<i32, i64>, StoreError> {
         let mut connection = self.connection.clone();
@@ -413,8 +429,7 @@ impl CounterStore {
             for record in records.by_ref().take(message.records) {
                 let tweet = record.tweet.as_ref();
                 let weather = tweet.map_or(Weather::Unspecified, |t| t.weather());
-                // Records are validated upstream: the id is a canonical UUID.
-                let id = uuid::Uuid::try_parse(&record.id).unwrap_or_default();
+                let id = uuid::Uuid::try_parse(&record.id).map_err(|_| StoreError::InvalidId(record.id.clone()))?;
                 invocation
                     .arg(id.as_bytes().as_slice())
                     .arg(tweet.map_or("", |t| t.country.as_str()))

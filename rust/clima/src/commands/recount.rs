@@ -1,13 +1,18 @@
 //! `clima recount`: rebuilds the Kafka side's counts from the topic's retained
-//! log into fresh keys, then compares them with the live counts. This is the
-//! use of Kafka's log that RabbitMQ, which deletes what was acked, cannot offer.
+//! log (each tweet id once), writes them under fresh keys and compares them
+//! with the live counts. This is the use of Kafka's log that RabbitMQ, which
+//! deletes what was acked, cannot offer. The live store counts a client's
+//! retry once only within its dedupe window, so a live count above the log's
+//! means retries later than that window.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Duration,
+};
 
 use anyhow::Context;
 use clima_broker::kafka::KafkaArgs;
-use clima_proto::v1::TweetRecord;
-use clima_store::{CounterStore, Counts, KeySchema, LogPosition, Retention};
+use clima_store::{CounterStore, Counts, KeySchema, Retention};
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
@@ -50,18 +55,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(args: RecountArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let topic = args.kafka.topic.clone();
-    let into = args.into_prefix.clone().unwrap_or_else(|| {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        format!("{}:recount:{}", args.key_prefix, now.as_secs())
-    });
     let live = CounterStore::connect(&args.store_url, KeySchema::new(&args.key_prefix), Retention::default())
         .await
         .context("connecting to the store")?;
-    // A day-long dedupe window: the whole log is read in one go, so a retried
-    // tweet is recognised wherever it is in the log.
-    let window = Retention { dedupe_window: Duration::from_secs(24 * 3600), ..Retention::default() };
-    let rebuilt = CounterStore::connect(&args.store_url, KeySchema::new(into.as_str()), window).await?;
-
     // A consumer of no group: assigned every partition from its start, it
     // commits nothing and leaves the consumers' offsets alone.
     let consumer: BaseConsumer = args
@@ -90,34 +86,62 @@ pub async fn run(args: RecountArgs) -> anyhow::Result<()> {
     }
     consumer.assign(&assignment)?;
 
+    // Tallied here, each tweet id once across the whole log: writing markers
+    // for the log into the live store could fill it (it runs with noeviction).
     let (mut messages, mut invalid) = (0u64, 0u64);
+    let mut seen: HashSet<uuid::Uuid> = HashSet::new();
+    let mut rebuilt = Counts::default();
     while !remaining.is_empty() {
-        let mut records: Vec<TweetRecord> = Vec::new();
-        let mut positions = Vec::new();
-        while records.len() < 5000 && !remaining.is_empty() {
-            let Some(message) = consumer.poll(TIMEOUT) else {
-                anyhow::bail!("no message for {TIMEOUT:?} with partitions {remaining:?} unread to their end")
-            };
-            let message = message?;
-            let partition = message.partition();
-            if remaining.get(&partition).is_some_and(|&end| message.offset() + 1 >= end) {
-                remaining.remove(&partition);
-            }
-            messages += 1;
-            match clima_consumer::kafka::decode(&message) {
-                Ok(decoded) => {
-                    positions.push(LogPosition { partition, offset: message.offset(), records: decoded.len() });
-                    records.extend(decoded);
-                }
-                // The consumer dead-letters these; they are counted nowhere.
-                Err(_) => invalid += 1,
-            }
+        let Some(message) = consumer.poll(TIMEOUT) else {
+            anyhow::bail!("no message for {TIMEOUT:?} with partitions {remaining:?} unread to their end")
+        };
+        let message = message?;
+        let partition = message.partition();
+        if remaining.get(&partition).is_some_and(|&end| message.offset() + 1 >= end) {
+            remaining.remove(&partition);
         }
-        rebuilt.count_log_batch(&topic, &records, &positions).await?;
+        messages += 1;
+        match clima_consumer::kafka::decode(&message) {
+            Ok(records) => {
+                for record in records {
+                    let (Ok(id), Some(tweet)) = (uuid::Uuid::try_parse(&record.id), record.tweet.as_ref()) else {
+                        continue;
+                    };
+                    if seen.insert(id) {
+                        rebuilt.add(&tweet.country, clima_tweet::weather_name(tweet.weather()));
+                    }
+                }
+            }
+            // The consumer dead-letters these; they are counted nowhere.
+            Err(_) => invalid += 1,
+        }
     }
+    let into = args.into_prefix.clone().unwrap_or_else(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        format!("{}:recount:{}", args.key_prefix, now.as_secs())
+    });
+    write_counters(&args.store_url, &KeySchema::new(into.as_str()), &rebuilt).await?;
+    let live_counts = live.read_counts(1).await?;
+    report(&args, &into, &live_counts, &rebuilt, messages, invalid, started.elapsed())
+}
 
-    let (live_counts, rebuilt_counts) = tokio::try_join!(live.read_counts(1), rebuilt.read_counts(1))?;
-    report(&args, &into, &live_counts, &rebuilt_counts, messages, invalid, started.elapsed())
+/// Writes the rebuilt counters (a handful of keys; no markers) under `keys`.
+async fn write_counters(url: &str, keys: &KeySchema, counts: &Counts) -> anyhow::Result<()> {
+    let mut connection = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let mut pipe = redis::pipe();
+    pipe.set(keys.total(), counts.total).ignore();
+    for (key, fields) in [
+        (keys.by_country(), &counts.by_country),
+        (keys.by_weather(), &counts.by_weather),
+        (keys.by_country_weather(), &counts.by_country_weather),
+    ] {
+        pipe.del(&key).ignore();
+        if !fields.is_empty() {
+            pipe.hset_multiple(&key, &fields.iter().collect::<Vec<_>>()).ignore();
+        }
+    }
+    let () = pipe.query_async(&mut connection).await?;
+    Ok(())
 }
 
 fn report(

@@ -247,6 +247,11 @@ async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
     let (after, _) = closed_within(slow).await;
     assert!(after < Duration::from_secs(3), "slow headers held the connection for {after:?}");
 
+    // A client that connects and sends nothing at all.
+    let silent = tokio::net::TcpStream::connect(api).await.unwrap();
+    let (after, _) = closed_within(silent).await;
+    assert!(after < Duration::from_secs(3), "a silent client held the connection for {after:?}");
+
     let mut idle = tokio::net::TcpStream::connect(api).await.unwrap();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
     let (after, response) = closed_within(idle).await;
