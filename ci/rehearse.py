@@ -145,9 +145,25 @@ class Pods:
 def start_store(pods, name, binary, workdir):
     """Redis or Valkey with its StatefulSet's args, on a spare port."""
     statefulset = next(d for d in pods.docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == name)
-    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    pod = statefulset["spec"]["template"]["spec"]
+    container = pod["containers"][0]
     env = pods.env(container)
-    args = [expand(arg, env) for arg in container.get("args", [])]
+    # The pod's other volumes (e.g. the config its init container writes) become
+    # folders here, and their mount paths in commands and args point at them.
+    inits = pod.get("initContainers", [])
+    mounts = [m for c in [container, *inits] for m in c.get("volumeMounts", []) if m["name"] != "data"]
+    volumes = {m["mountPath"]: workdir / f"{name}-{m['name']}" for m in mounts}
+
+    def local(text):
+        for mount_path, folder in volumes.items():
+            text = text.replace(mount_path, str(folder))
+        return text
+    for folder in volumes.values():
+        folder.mkdir(exist_ok=True)
+    for init in inits:
+        command = [local(part) for part in init.get("command", []) + init.get("args", [])]
+        subprocess.run(command, env={**os.environ, **pods.env(init)}, check=True)
+    args = [local(expand(arg, env)) for arg in container.get("args", [])]
     data = workdir / name
     data.mkdir()
     if "--dir" in args:
