@@ -1,6 +1,7 @@
 //! `clima`: every Tweets del Clima service in one binary, a subcommand each.
 
 mod commands;
+mod sampling;
 mod shutdown;
 mod telemetry;
 
@@ -56,12 +57,21 @@ impl Command {
             Self::Load(_) | Self::Stats(_) | Self::Recount(_) | Self::KafkaAcls(_) => None,
         }
     }
+
+    /// Whether a remote parent's sampled flag decides: the API's callers are
+    /// clients, trusted only on request; every other service's are clima's own.
+    fn trusts_callers_sampling(&self) -> bool {
+        match self {
+            Self::Api(args) => args.trust_client_sampling,
+            _ => true,
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let telemetry = telemetry::init(&cli.telemetry, cli.command.service_name())?;
+    let telemetry = telemetry::init(&cli.telemetry, cli.command.service_name(), cli.command.trusts_callers_sampling())?;
     let result = match cli.command {
         Command::Api(args) => commands::api::run(args).await,
         Command::Writer(args) => commands::writer::run(args).await,

@@ -3,7 +3,8 @@
 //! Traces follow the standard OpenTelemetry environment variables:
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) turns on OTLP/gRPC
 //! export; `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
-//! `OTEL_TRACES_SAMPLER(_ARG)`, `OTEL_BSP_*` and `OTEL_SDK_DISABLED=true`
+//! `OTEL_TRACES_SAMPLER(_ARG)` (at the API, a client's sampled flag counts
+//! only with `--trust-client-sampling`), `OTEL_BSP_*` and `OTEL_SDK_DISABLED=true`
 //! work as the specification says. With no endpoint configured nothing
 //! OpenTelemetry runs at all: no export cost, and no trace context forwarded.
 
@@ -16,6 +17,8 @@ use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::Sd
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, Layer, prelude::*};
+
+use crate::sampling::IngressSampler;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum LogFormat {
@@ -62,10 +65,11 @@ impl Telemetry {
     }
 }
 
-/// Installs logging, and for a service (`service_name`) the tracer provider.
-pub fn init(args: &TelemetryArgs, service_name: Option<&str>) -> anyhow::Result<Telemetry> {
+/// Installs logging, and for a service (`service_name`) the tracer provider;
+/// `trust_remote_sampling` as in [`IngressSampler`].
+pub fn init(args: &TelemetryArgs, service_name: Option<&str>, trust_remote_sampling: bool) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_new(&args.log).with_context(|| format!("invalid --log filter {:?}", args.log))?;
-    let tracer_provider = service_name.map(tracer_provider).transpose()?.flatten();
+    let tracer_provider = service_name.map(|name| tracer_provider(name, trust_remote_sampling)).transpose()?.flatten();
     let otel_layer = tracer_provider
         .as_ref()
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("clima")).boxed());
@@ -94,7 +98,7 @@ fn env_is(name: &str, value: &str) -> bool {
 }
 
 /// The tracer provider, if an OTLP endpoint is configured and the SDK is not disabled.
-fn tracer_provider(service_name: &str) -> anyhow::Result<Option<SdkTracerProvider>> {
+fn tracer_provider(service_name: &str, trust_remote_sampling: bool) -> anyhow::Result<Option<SdkTracerProvider>> {
     let endpoint_set = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
         .iter()
         .any(|name| std::env::var(name).is_ok_and(|value| !value.is_empty()));
@@ -110,7 +114,13 @@ fn tracer_provider(service_name: &str) -> anyhow::Result<Option<SdkTracerProvide
         resource = resource.with_service_name(service_name.to_owned());
     }
     let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build().context("OTLP exporter")?;
-    let provider = SdkTracerProvider::builder().with_resource(resource.build()).with_batch_exporter(exporter).build();
+    // `Config::default()` is the sampler OTEL_TRACES_SAMPLER(_ARG) configure.
+    let sampler = IngressSampler::new(opentelemetry_sdk::trace::Config::default().sampler, trust_remote_sampling);
+    let provider = SdkTracerProvider::builder()
+        .with_resource(resource.build())
+        .with_sampler(sampler)
+        .with_batch_exporter(exporter)
+        .build();
     global::set_tracer_provider(provider.clone());
     Ok(Some(provider))
 }

@@ -15,6 +15,12 @@ pub struct ApiArgs {
     #[command(flatten)]
     admin: telemetry::AdminArgs,
 
+    /// Let a client's `traceparent` sampled flag decide whether its request
+    /// is traced. Off: clima's own sampler (OTEL_TRACES_SAMPLER) decides, and
+    /// the spans still join the client's trace.
+    #[arg(long, env = "CLIMA_TRUST_CLIENT_SAMPLING")]
+    pub(crate) trust_client_sampling: bool,
+
     #[command(flatten)]
     pub(crate) config: ApiConfig,
 }

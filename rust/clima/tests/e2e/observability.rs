@@ -7,7 +7,7 @@ use opentelemetry_proto::tonic::{
 
 use crate::{
     helpers::post_json,
-    processes::{ProcessStack, metric},
+    processes::{Collector, ProcessStack, free_port, metric},
 };
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -183,4 +183,63 @@ async fn every_service_exposes_metrics_that_move_by_the_amount_sent() {
         assert_eq!(metric(&consumer, "clima_counted_tweets_total", &[("source", source), ("store", store)]), 10.0);
         assert!(metric(&consumer, "clima_store_write_duration_seconds_count", &[("store", store)]) >= 1.0);
     }
+}
+
+/// A client's `traceparent` ending in `-01` must not force tracing at the
+/// ingress: with `parentbased_traceidratio` at 0, only an API started with
+/// --trust-client-sampling records the client's request.
+#[tokio::test]
+async fn a_client_decides_sampling_only_where_it_is_trusted() {
+    let (collector, otlp) = Collector::serve().await;
+    let mut apis = Vec::new();
+    for (service, trust) in [("api-untrusting", false), ("api-trusting", true)] {
+        let listen = free_port().await;
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_clima"));
+        command
+            .args(["api", "--listen", &listen.to_string(), "--admin-listen", &free_port().await.to_string()])
+            .env_clear()
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("OTEL_SERVICE_NAME", service)
+            .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+            .env("OTEL_TRACES_SAMPLER_ARG", "0")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if trust {
+            command.arg("--trust-client-sampling");
+        }
+        apis.push((service, format!("http://{listen}"), command.spawn().unwrap()));
+    }
+    let client = reqwest::Client::new();
+    for (_, url, _) in &apis {
+        let listening = clima_testkit::eventually(Duration::from_secs(30), || async {
+            let response = client.get(format!("{url}/healthz")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        });
+        assert!(listening.await.is_some(), "{url} not listening in 30 s");
+        // A 400 needs no writer, and its request span is the one the flag is about.
+        let response = client
+            .post(format!("{url}/input"))
+            .header("content-type", "application/json")
+            .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN_ID}-01"))
+            .body("{")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400);
+    }
+    let exported = clima_testkit::eventually(Duration::from_secs(30), || async {
+        (!collector.spans_of_service("api-trusting").is_empty()).then_some(())
+    });
+    assert!(exported.await.is_some(), "the trusting API exported nothing in 30 s");
+    // Both exported on the same 100 ms schedule; give the other one ten of them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let trusting = collector.spans_of_service("api-trusting");
+    assert!(trusting.iter().all(|span| hex(&span.trace_id) == TRACE_ID), "joined the client's trace");
+    let untrusting = collector.spans_of_service("api-untrusting");
+    assert!(untrusting.is_empty(), "the client forced sampling: {:?}", names_of(&untrusting));
+}
+
+fn names_of(spans: &[Span]) -> Vec<&str> {
+    spans.iter().map(|span| span.name.as_str()).collect()
 }

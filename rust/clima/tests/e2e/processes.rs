@@ -56,6 +56,24 @@ impl TraceService for Collector {
 }
 
 impl Collector {
+    /// A collector serving OTLP/gRPC on a free port, and that port.
+    pub async fn serve() -> (Self, SocketAddr) {
+        let collector = Self::default();
+        let otlp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = otlp.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(collector.clone()))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(otlp)),
+        );
+        (collector, address)
+    }
+
+    /// Every span received from `service`.
+    pub fn spans_of_service(&self, service: &str) -> Vec<Span> {
+        self.spans.lock().unwrap().iter().filter(|(name, _)| name == service).map(|(_, span)| span.clone()).collect()
+    }
+
     pub fn spans_of_trace(&self, trace_id: &[u8]) -> Vec<(String, Span)> {
         self.spans.lock().unwrap().iter().filter(|(_, span)| span.trace_id == trace_id).cloned().collect()
     }
@@ -71,21 +89,14 @@ pub struct ProcessStack {
     children: Vec<Child>,
 }
 
-async fn free_port() -> SocketAddr {
+pub async fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap()
 }
 
 impl ProcessStack {
     pub async fn spawn() -> Self {
         let name = unique_name("proc");
-        let collector = Collector::default();
-        let otlp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let otlp_address = otlp.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(collector.clone()))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(otlp)),
-        );
+        let (collector, otlp_address) = Collector::serve().await;
 
         let (kafka_writer, rabbitmq_writer, api) = (free_port().await, free_port().await, free_port().await);
         let mut admin = Vec::new();
