@@ -1,5 +1,7 @@
 use std::{path::PathBuf, time::Duration};
 
+use clima_http::auth::ApiKey;
+
 /// Default of --max-tweets.
 pub const DEFAULT_MAX_TWEETS: usize = 10_000;
 /// Default of --max-body-bytes: 4 MiB.
@@ -34,6 +36,20 @@ pub struct ApiConfig {
         requires = "writer_tls_cert"
     )]
     pub writer_tls_key: Option<PathBuf>,
+
+    /// API key the writers require (their --api-key): sent as
+    /// `Authorization: Bearer <key>` on every writer call.
+    #[arg(
+        long = "writer-api-key",
+        env = "CLIMA_WRITER_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "writer_api_key_file"
+    )]
+    pub writer_api_key: Option<String>,
+
+    /// File holding --writer-api-key (e.g. a mounted Kubernetes Secret).
+    #[arg(id = "writer_api_key_file", long = "writer-api-key-file", env = "CLIMA_WRITER_API_KEY_FILE")]
+    pub writer_api_key_file: Option<PathBuf>,
 
     /// How long a writer may take to confirm before the request fails with 503.
     #[arg(long = "writer-timeout", env = "CLIMA_WRITER_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
@@ -103,6 +119,8 @@ impl ApiConfig {
             max_connections: clima_http::DEFAULT_MAX_CONNECTIONS,
             api_key: None,
             api_key_file: None,
+            writer_api_key: None,
+            writer_api_key_file: None,
             writer_tls_ca: None,
             writer_tls_cert: None,
             writer_tls_key: None,
@@ -117,6 +135,7 @@ impl ApiConfig {
         clima_http::ConnectionLimits {
             header_read_timeout: self.header_read_timeout,
             max_connections: self.max_connections,
+            ..clima_http::ConnectionLimits::default()
         }
     }
 
@@ -135,18 +154,12 @@ impl ApiConfig {
     }
 
     /// The API key from --api-key or --api-key-file, if any.
-    pub fn resolved_api_key(&self) -> Result<Option<String>, crate::ApiError> {
-        let key = match (&self.api_key, &self.api_key_file) {
-            (Some(key), _) => key.trim().to_owned(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|source| crate::ApiError::ReadFile { path: path.clone(), source })?
-                .trim()
-                .to_owned(),
-            (None, None) => return Ok(None),
-        };
-        if key.is_empty() {
-            return Err(crate::ApiError::EmptyApiKey);
-        }
-        Ok(Some(key))
+    pub fn resolved_api_key(&self) -> Result<Option<ApiKey>, crate::ApiError> {
+        Ok(ApiKey::load(self.api_key.as_deref(), self.api_key_file.as_deref())?)
+    }
+
+    /// The key for the writers, from --writer-api-key or --writer-api-key-file, if any.
+    pub fn resolved_writer_api_key(&self) -> Result<Option<ApiKey>, crate::ApiError> {
+        Ok(ApiKey::load(self.writer_api_key.as_deref(), self.writer_api_key_file.as_deref())?)
     }
 }

@@ -46,8 +46,8 @@ pub enum ApiError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the API key is empty")]
-    EmptyApiKey,
+    #[error(transparent)]
+    ApiKey(#[from] clima_http::auth::ApiKeyError),
 }
 
 #[derive(Serialize)]
@@ -71,7 +71,7 @@ impl ApiError {
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::TimedOutAfterHandOff(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout_after_handoff"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Self::WriterEndpoint { .. } | Self::Serve(_) | Self::ReadFile { .. } | Self::EmptyApiKey => {
+            Self::WriterEndpoint { .. } | Self::Serve(_) | Self::ReadFile { .. } | Self::ApiKey(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         }

@@ -36,16 +36,21 @@ struct AppState {
     /// One permit per request in flight (--max-concurrent-requests).
     in_flight: Arc<tokio::sync::Semaphore>,
     /// The key POST /input requires, if any.
-    api_key: Option<Arc<str>>,
+    api_key: Option<clima_http::auth::ApiKey>,
 }
 
 /// The HTTP routes, ready to serve. Must be called within a Tokio runtime
 /// (it starts the batcher's task).
 pub fn router(config: ApiConfig) -> Result<Router, ApiError> {
-    let writers = Arc::new(Writers::new(&config.writers, config.writer_timeout, config.writer_tls()?)?);
+    let writers = Arc::new(Writers::new(
+        &config.writers,
+        config.writer_timeout,
+        config.writer_tls()?,
+        config.resolved_writer_api_key()?,
+    )?);
     let body_limit = config.max_body_bytes;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests));
-    let api_key = config.resolved_api_key()?.map(Arc::from);
+    let api_key = config.resolved_api_key()?;
     let batcher =
         Arc::new(batcher::Batcher::start(Arc::clone(&writers), config.batch_max_tweets, config.batch_in_flight));
     let state = AppState { writers, batcher, config: Arc::new(config), in_flight, api_key };

@@ -18,7 +18,7 @@ use crate::{ApiError, AppState};
 /// the tweets had been handed to the writers.
 pub(crate) async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if let Some(key) = &state.api_key
-        && !presents_key(request.headers(), key)
+        && !key.is_presented(request.headers())
     {
         return ApiError::Unauthorized.into_response();
     }
@@ -63,19 +63,4 @@ pub(crate) async fn observe(route: Option<MatchedPath>, request: Request, next: 
     metrics::counter!("http_server_requests_total", &labels).increment(1);
     metrics::histogram!("http_server_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
     response
-}
-
-/// Whether the request carries the API key, compared in constant time.
-fn presents_key(headers: &axum::http::HeaderMap, key: &str) -> bool {
-    // The auth scheme is case-insensitive (RFC 9110 §11.1): `bearer`, `BEARER`.
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim_start().split_once(' '))
-        .and_then(|(scheme, credentials)| scheme.eq_ignore_ascii_case("bearer").then_some(credentials));
-    let api_key_header = headers.get("x-api-key").and_then(|value| value.to_str().ok());
-    [bearer, api_key_header]
-        .into_iter()
-        .flatten()
-        .any(|presented| constant_time_eq::constant_time_eq(presented.trim().as_bytes(), key.as_bytes()))
 }

@@ -1,5 +1,6 @@
 use std::time::{Duration, Instant};
 
+use clima_http::auth::ApiKey;
 use clima_proto::v1::{
     PublishRequest, TweetRecord, writer_service_client::WriterServiceClient, writer_service_server::SERVICE_NAME,
 };
@@ -24,6 +25,8 @@ struct Writer {
     address: (String, u16),
     client: WriterServiceClient<Channel>,
     health: HealthClient<Channel>,
+    /// `Bearer <--writer-api-key>`, if the writers require a key.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Writer {
@@ -48,6 +51,9 @@ impl Writer {
         }
         let mut request = tonic::Request::new(PublishRequest { records: records.to_vec() });
         propagation::inject(&span, &mut MetadataInjector(request.metadata_mut()));
+        if let Some(authorization) = &self.authorization {
+            request.metadata_mut().insert("authorization", authorization.clone());
+        }
 
         let started = Instant::now();
         let result = self.client.clone().publish(request).instrument(span.clone()).await;
@@ -73,7 +79,16 @@ pub struct WriterHealth {
 }
 
 impl Writers {
-    pub fn new(endpoints: &[String], timeout: Duration, tls: Option<ClientTlsConfig>) -> Result<Self, ApiError> {
+    pub fn new(
+        endpoints: &[String],
+        timeout: Duration,
+        tls: Option<ClientTlsConfig>,
+        api_key: Option<ApiKey>,
+    ) -> Result<Self, ApiError> {
+        let authorization = api_key
+            .map(|key| tonic::metadata::MetadataValue::try_from(key.bearer().as_bytes()))
+            .transpose()
+            .map_err(|_| clima_http::auth::ApiKeyError::NotHeaderSafe)?;
         let writers = endpoints
             .iter()
             .map(|endpoint| {
@@ -94,6 +109,7 @@ impl Writers {
                     address,
                     client: WriterServiceClient::new(channel.clone()),
                     health: HealthClient::new(channel),
+                    authorization: authorization.clone(),
                 })
             })
             .collect::<Result<_, ApiError>>()?;

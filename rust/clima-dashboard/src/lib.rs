@@ -9,7 +9,14 @@
 //!   proto3 JSON form, which the page renders;
 //! - gRPC `clima.v1.StatsService` (plus reflection v1/v1alpha and health), the
 //!   same messages in binary.
+//!
+//! With [`Access::api_key`], everything but the probes (`/healthz`, gRPC
+//! health) and reflection requires the key; a browser gets a login prompt
+//! (`WWW-Authenticate: Basic`, the key as password). With [`Access::tls`] the
+//! port speaks TLS only (HTTP/1.1 and HTTP/2 by ALPN), with client
+//! certificates if its files name a client CA.
 
+mod access;
 mod snapshot;
 mod stats_service;
 mod web;
@@ -19,12 +26,14 @@ use std::future::Future;
 use clima_proto::v1::stats_service_server::{SERVICE_NAME, StatsServiceServer};
 use tokio::net::TcpListener;
 
+pub use access::Access;
 pub use snapshot::{StoreReader, Stores};
 
 /// Serves the page, its feed and the gRPC services on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     stores: Stores,
+    access: Access,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -40,7 +49,12 @@ pub async fn serve(
         .add_service(reflection().build_v1alpha().expect("clima's descriptors are valid"))
         .into_axum_router();
     // HTTP/1.1 for browsers and HTTP/2 (h2c) for gRPC, on the same port.
-    let app = web::router(stores).merge(grpc);
-    tracing::info!(address = ?listener.local_addr().ok(), "dashboard listening (page, /api/stats, gRPC StatsService)");
-    clima_http::serve(listener, app, clima_http::ConnectionLimits::default(), shutdown).await
+    let app = access.guard(web::router(stores).merge(grpc));
+    tracing::info!(
+        address = ?listener.local_addr().ok(),
+        tls = access.tls.is_some(),
+        api_key = access.api_key.is_some(),
+        "dashboard listening (page, /api/stats, gRPC StatsService)"
+    );
+    clima_http::serve_tls(listener, app, clima_http::ConnectionLimits::default(), access.tls, shutdown).await
 }

@@ -8,48 +8,83 @@
 //! - a **connection cap**: at most that many connections are served; further
 //!   ones wait in the listen backlog until one closes, so file descriptors and
 //!   per-connection buffers stay bounded;
-//! - **HTTP/2 keep-alive pings** and a stream limit, for gRPC and h2c clients.
+//! - an **idle timeout**: a connection that starts no request for that long
+//!   is closed gracefully (HTTP/2 GOAWAY; streams in flight finish), since
+//!   HTTP/2 pings alone keep an idle connection open forever;
+//! - **HTTP/2 keep-alive pings** and a stream limit, for gRPC and h2c clients;
+//! - optional **TLS** ([`tls`]), with client certificates, and a handshake
+//!   bounded by the header-read timeout.
 //!
 //! Every connection gets `TCP_NODELAY` (small answers are not held back by
-//! Nagle's algorithm) and is drained on shutdown.
+//! Nagle's algorithm) and is drained on shutdown. [`auth`] holds the API-key
+//! check that clima's HTTP and gRPC ports share.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, pin::pin, sync::Arc, time::Duration};
 
 use axum::Router;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
     service::TowerToHyperService,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, Semaphore},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceExt;
+
+pub mod auth;
+pub mod tls;
 
 /// Limits of one HTTP listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
-    /// Longest a client may take to send a request's headers, and longest an
-    /// idle keep-alive connection stays open.
+    /// Longest a client may take to send a request's headers (or finish the
+    /// TLS handshake), and longest an idle HTTP/1 keep-alive connection stays open.
     pub header_read_timeout: Duration,
+    /// Longest any connection stays open without starting a request.
+    pub idle_timeout: Duration,
     /// Most connections served at once.
     pub max_connections: usize,
 }
 
 /// Default header-read timeout.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default idle timeout: long enough for a dashboard or gRPC client between
+/// polls, short enough that abandoned HTTP/2 connections do not pile up.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default connection cap.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self { header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT, max_connections: DEFAULT_MAX_CONNECTIONS }
+        Self {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
     }
 }
 
-/// Serves `app` on `listener` within `limits` until `shutdown` resolves, then
-/// waits for the connections in flight to finish their requests.
+/// Serves `app` over plain HTTP; see [`serve_tls`].
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_tls(listener, app, limits, None, shutdown).await
+}
+
+/// Serves `app` on `listener` within `limits`, over TLS if `tls` is given,
+/// until `shutdown` resolves; then waits for the connections in flight to
+/// finish their requests.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    tls: Option<tls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -61,8 +96,9 @@ pub async fn serve(
         .keep_alive_timeout(Duration::from_secs(10))
         .max_concurrent_streams(256);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
+    let connections = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let mut shutdown = pin!(shutdown);
     loop {
         // Waiting for a free slot before accepting leaves excess clients in
         // the kernel's backlog instead of refusing them.
@@ -85,28 +121,78 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "TCP_NODELAY not set");
         }
-        let builder = builder.clone();
-        let app = app.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let connection = Connection { builder: builder.clone(), app: app.clone(), limits, stop: stop.clone() };
+        let tls = tls.clone();
+        connections.spawn(async move {
+            let _slot = slot;
             // hyper's header timer starts once it knows the protocol; a client
             // that connects and sends nothing gets the same time to begin.
             // (`peek` waits for a byte; `readable` may report a fresh socket ready.)
             let mut first = [0u8; 1];
             match tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)).await {
                 Ok(Ok(read)) if read > 0 => {}
-                _ => return drop(slot),
+                _ => return,
             }
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app))
-                .into_owned();
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%error, "connection ended with an error");
+            match tls {
+                None => connection.serve(TokioIo::new(stream)).await,
+                Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await
+                {
+                    Ok(Ok(stream)) => connection.serve(TokioIo::new(stream)).await,
+                    Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                },
             }
-            drop(slot);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    stop.cancel();
+    connections.close();
+    connections.wait().await;
     Ok(())
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    builder: auto::Builder<TokioExecutor>,
+    app: Router,
+    limits: ConnectionLimits,
+    stop: CancellationToken,
+}
+
+impl Connection {
+    async fn serve<I>(self, io: I)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let request_started = Arc::new(Notify::new());
+        let service = {
+            let request_started = Arc::clone(&request_started);
+            self.app.map_request(move |request| {
+                request_started.notify_one();
+                request
+            })
+        };
+        let mut connection = pin!(self.builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service)));
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                    return;
+                }
+                // A request began: the idle timer starts again.
+                () = request_started.notified(), if !closing => {}
+                () = tokio::time::sleep(self.limits.idle_timeout), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = self.stop.cancelled(), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
 }

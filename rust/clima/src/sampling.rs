@@ -38,9 +38,9 @@ impl ShouldSample for IngressSampler {
         attributes: &[KeyValue],
         links: &[Link],
     ) -> SamplingResult {
-        let remote_parent = parent_context.map(|context| context.span().span_context().clone()).filter(|parent| {
-            parent.is_valid() && parent.is_remote()
-        });
+        let remote_parent = parent_context
+            .map(|context| context.span().span_context().clone())
+            .filter(|parent| parent.is_valid() && parent.is_remote());
         match remote_parent {
             Some(parent) if !self.trust_remote_parent => {
                 // Decide as for a new trace (a ratio sampler looks at the

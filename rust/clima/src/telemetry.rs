@@ -67,7 +67,11 @@ impl Telemetry {
 
 /// Installs logging, and for a service (`service_name`) the tracer provider;
 /// `trust_remote_sampling` as in [`IngressSampler`].
-pub fn init(args: &TelemetryArgs, service_name: Option<&str>, trust_remote_sampling: bool) -> anyhow::Result<Telemetry> {
+pub fn init(
+    args: &TelemetryArgs,
+    service_name: Option<&str>,
+    trust_remote_sampling: bool,
+) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_new(&args.log).with_context(|| format!("invalid --log filter {:?}", args.log))?;
     let tracer_provider = service_name.map(|name| tracer_provider(name, trust_remote_sampling)).transpose()?.flatten();
     let otel_layer = tracer_provider

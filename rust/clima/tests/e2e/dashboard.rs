@@ -29,7 +29,7 @@ async fn stack_with_traffic_and_dashboard() -> (TestStack, String) {
     let address = listener.local_addr().unwrap();
     let keys = KeySchema::new(stack.name.clone());
     let stores = Stores::new(StoreReader::new(redis_url(), keys.clone()), StoreReader::new(valkey_url(), keys));
-    tokio::spawn(clima_dashboard::serve(listener, stores, std::future::pending()));
+    tokio::spawn(clima_dashboard::serve(listener, stores, clima_dashboard::Access::default(), std::future::pending()));
     (stack, format!("{address}"))
 }
 
