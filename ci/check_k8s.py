@@ -27,9 +27,9 @@ ROOT = Path(sys.argv[2]).resolve() if len(sys.argv) > 2 else Path(__file__).reso
 K8S = ROOT / "k8s"
 OVERLAYS = ["dev", "prod"]
 KUBERNETES_VERSION = "1.32.0"
-# Kinds of operators' CRDs (Strimzi, Gateway API, Envoy Gateway); kubernetes-validate
-# knows only built-in kinds: ci/deploy_rules.py checks these.
-CUSTOM_GROUPS = ("kafka.strimzi.io/", "gateway.networking.k8s.io/", "gateway.envoyproxy.io/")
+# Kinds of operators' CRDs (Strimzi, Gateway API, Envoy Gateway, cert-manager);
+# kubernetes-validate knows only built-in kinds: ci/deploy_rules.py checks these.
+CUSTOM_GROUPS = ("kafka.strimzi.io/", "gateway.networking.k8s.io/", "gateway.envoyproxy.io/", "cert-manager.io/")
 # Env vars the manifests set that are not clima flags: standard OpenTelemetry
 # settings, and secrets interpolated into other values with $(NAME).
 OTEL_ENV = re.compile(r"^OTEL_[A-Z_]+$")
@@ -52,7 +52,8 @@ def render(overlay):
             copy = Path(scratch) / "k8s"
             shutil.copytree(K8S, copy)
             variant = yaml.safe_load((copy / "overlays/prod/kustomization.yaml").read_text())
-            variant["components"] = ["../../components/ingress-nginx"]
+            variant["components"] = [component.replace("gateway-api", "ingress-nginx")
+                                     for component in variant["components"]]
             path = copy / "overlays/prod-ingress-nginx"
             path.mkdir()
             (path / "kustomization.yaml").write_text(yaml.safe_dump(variant))
@@ -157,6 +158,8 @@ def check_rules(overlay, docs, binary, versions, dashboards):
         "namespaces": lambda: deploy_rules.namespaces(docs),
         "grafana": lambda: deploy_rules.grafana(docs, dashboards, versions),
         "pinned images": lambda: deploy_rules.pinned_images(docs, versions),
+        "cert-manager": lambda: deploy_rules.cert_manager(docs),
+        "secure hops": lambda: deploy_rules.secure_hops(overlay, docs),
     }
     for name, rule in rules.items():
         problems = rule()

@@ -635,6 +635,162 @@ def pinned_images(docs, versions):
     return problems
 
 
+# --- Who may talk to whom in prod: cert-manager v1.21.1 (pkg/apis/certmanager/v1/types_certificate.go,
+# types_issuer.go, internal/apis/certmanager/validation/certificate.go,
+# pkg/controller/certificates/issuing/internal/secret.go) ---------------------------------
+CERT_MANAGER_API = "cert-manager.io/v1"
+# A CA Issuer's Secrets hold tls.crt (the leaf), tls.key and ca.crt (the issuing CA).
+CERT_SECRET_KEYS = {"tls.crt", "tls.key", "ca.crt"}
+_ISSUER_REF = _obj({"name": {"type": "string"}, "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                    "group": {"const": "cert-manager.io"}}, ["name"])
+CERT_MANAGER_SPECS = {
+    "Issuer": _obj({"selfSigned": _obj({"crlDistributionPoints": {"type": "array"}}),
+                    "ca": _obj({"secretName": {"type": "string"}, "crlDistributionPoints": {"type": "array"},
+                                "ocspServers": {"type": "array"}, "issuingCertificateURLs": {"type": "array"}},
+                               ["secretName"])},
+                   minProperties=1, maxProperties=1),
+    "Certificate": _obj({
+        "secretName": {"type": "string"}, "issuerRef": _ISSUER_REF,
+        "commonName": {"type": "string", "maxLength": 64}, "dnsNames": {"type": "array", "items": {"type": "string"}},
+        "isCA": {"type": "boolean"}, "duration": {"type": "string"}, "renewBefore": {"type": "string"},
+        "usages": {"type": "array", "items": {"enum": [
+            "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+            "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any", "server auth",
+            "client auth", "code signing", "email protection", "s/mime", "ipsec end system", "ipsec tunnel",
+            "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"]}},
+        "privateKey": _obj({"algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]}, "size": {"type": "integer"},
+                            "encoding": {"enum": ["PKCS1", "PKCS8"]}, "rotationPolicy": {"enum": ["Never", "Always"]}}),
+    }, ["secretName", "issuerRef"]),
+}
+
+
+def cert_manager(docs):
+    """cert-manager objects use the served API and fields its CRDs allow; ECDSA
+    keys are 256, 384 or 521 bits; each issuerRef names an Issuer here, and a CA
+    Issuer signs with a Secret that an isCA Certificate writes."""
+    docs = [doc for doc in docs if doc["apiVersion"].startswith("cert-manager.io/")]
+    issuers = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Issuer"}
+    ca_secrets = {doc["spec"].get("secretName") for doc in docs
+                  if doc["kind"] == "Certificate" and doc["spec"].get("isCA")}
+    problems = []
+    for doc in docs:
+        where = f"{doc['kind']} {doc['metadata']['name']}"
+        if doc["apiVersion"] != CERT_MANAGER_API:
+            problems.append(f"{where}: {doc['apiVersion']} is not {CERT_MANAGER_API}")
+        schema = CERT_MANAGER_SPECS.get(doc["kind"])
+        if schema is None:
+            problems.append(f"{where}: kind not checked by ci/deploy_rules.py")
+            continue
+        spec = doc.get("spec", {})
+        for error in jsonschema.Draft7Validator(schema).iter_errors(spec):
+            problems.append(f"{where}: spec.{'.'.join(map(str, error.absolute_path))}: {error.message}")
+        key = spec.get("privateKey", {})
+        if key.get("algorithm") == "ECDSA" and key.get("size", 256) not in (256, 384, 521):
+            problems.append(f"{where}: ECDSA keys are 256, 384 or 521 bits, not {key.get('size')}")
+        if doc["kind"] == "Certificate":
+            if not any(spec.get(field) for field in ("commonName", "dnsNames", "uris", "ipAddresses")):
+                problems.append(f"{where}: names nothing (commonName, dnsNames, uris or ipAddresses)")
+            if spec.get("issuerRef", {}).get("kind", "Issuer") == "Issuer" and \
+                    spec.get("issuerRef", {}).get("name") not in issuers:
+                problems.append(f"{where}: issuerRef {spec.get('issuerRef', {}).get('name')} is no Issuer here")
+        if doc["kind"] == "Issuer" and "ca" in spec and spec["ca"].get("secretName") not in ca_secrets:
+            problems.append(f"{where}: CA Secret {spec['ca'].get('secretName')} is written by no isCA Certificate")
+    return problems
+
+
+def secure_hops(overlay, docs):
+    """In prod, the API reaches the writers over mutual TLS with the key they
+    require, and the dashboard serves TLS behind a key. Every certificate file
+    a container names is in a mounted Secret that a Certificate writes, with the
+    right usage and the host names its clients dial."""
+    if not overlay.startswith("prod"):
+        return []
+    certificates = {doc["spec"]["secretName"]: doc["spec"] for doc in docs
+                    if doc["kind"] == "Certificate" and doc["apiVersion"].startswith("cert-manager.io/")}
+    problems = []
+
+    def mounted_certificate(doc, container, path, usage):
+        """The Certificate whose Secret holds `path` in this pod, or None (a problem is noted)."""
+        if not path:
+            return None  # the missing variable is reported by the caller
+        where = f"{doc['metadata']['name']}: {path}"
+        volumes = {volume["name"]: volume for volume in doc["spec"]["template"]["spec"].get("volumes", [])}
+        for mount in container.get("volumeMounts", []):
+            directory = mount["mountPath"].rstrip("/") + "/"
+            if not path.startswith(directory):
+                continue
+            secret = volumes.get(mount["name"], {}).get("secret", {}).get("secretName")
+            if path[len(directory):] not in CERT_SECRET_KEYS:
+                problems.append(f"{where}: a cert-manager Secret holds only {sorted(CERT_SECRET_KEYS)}")
+            spec = certificates.get(secret)
+            if spec is None:
+                problems.append(f"{where}: Secret {secret} is written by no Certificate")
+            elif usage not in spec.get("usages", []):
+                problems.append(f"{where}: Certificate for {secret} lacks usage {usage!r}")
+            return spec
+        problems.append(f"{where}: not in any mounted volume")
+        return None
+
+    def env(container):
+        literal = {item["name"]: item.get("value") for item in container.get("env", [])}
+        secret = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in container.get("env", [])
+                  if "secretKeyRef" in item.get("valueFrom", {})}
+        return literal, secret
+
+    pods = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Deployment"}
+    writer_keys, writer_names = [], set()
+    for name in ("writer-kafka", "writer-rabbitmq"):
+        doc = pods.get(name)
+        if doc is None:
+            continue
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        literal, secret = env(container)
+        for variable in ("CLIMA_WRITER_TLS_CERT", "CLIMA_WRITER_TLS_KEY", "CLIMA_WRITER_TLS_CLIENT_CA"):
+            if not literal.get(variable):
+                problems.append(f"{name}: no {variable}: the writer port is open to any pod")
+        spec = mounted_certificate(doc, container, literal.get("CLIMA_WRITER_TLS_CERT"), "server auth")
+        mounted_certificate(doc, container, literal.get("CLIMA_WRITER_TLS_CLIENT_CA"), "server auth")
+        if spec is not None and name not in spec.get("dnsNames", []):
+            problems.append(f"{name}: its certificate does not name {name}, the host the API dials")
+        writer_names.add(name)
+        if "CLIMA_WRITER_API_KEY" not in secret:
+            problems.append(f"{name}: no CLIMA_WRITER_API_KEY from a Secret: any caller may publish")
+        writer_keys.append(secret.get("CLIMA_WRITER_API_KEY"))
+    api = pods.get("api")
+    if api is not None:
+        container = api["spec"]["template"]["spec"]["containers"][0]
+        literal, secret = env(container)
+        for endpoint in (literal.get("CLIMA_WRITERS") or "").split(","):
+            host = re.sub(r"^[a-z]+://", "", endpoint).split(":")[0]
+            if not endpoint.startswith("https://"):
+                problems.append(f"api: writer {endpoint} is not https://")
+            elif host not in writer_names:
+                problems.append(f"api: writer host {host} is no writer Deployment")
+        for variable in ("CLIMA_WRITER_TLS_CA", "CLIMA_WRITER_TLS_CLIENT_CERT", "CLIMA_WRITER_TLS_CLIENT_KEY"):
+            if not literal.get(variable):
+                problems.append(f"api: no {variable}")
+        mounted_certificate(api, container, literal.get("CLIMA_WRITER_TLS_CLIENT_CERT"), "client auth")
+        mounted_certificate(api, container, literal.get("CLIMA_WRITER_TLS_CA"), "client auth")
+        if any(key != secret.get("CLIMA_WRITER_API_KEY") for key in writer_keys):
+            problems.append("api: CLIMA_WRITER_API_KEY is not the Secret key the writers require")
+    dashboard = pods.get("dashboard")
+    if dashboard is not None:
+        container = dashboard["spec"]["template"]["spec"]["containers"][0]
+        literal, secret = env(container)
+        if not literal.get("CLIMA_DASHBOARD_TLS_CERT") or not literal.get("CLIMA_DASHBOARD_TLS_KEY"):
+            problems.append("dashboard: no CLIMA_DASHBOARD_TLS_CERT/KEY: the counts travel in clear text")
+        else:
+            mounted_certificate(dashboard, container, literal["CLIMA_DASHBOARD_TLS_CERT"], "server auth")
+        if "CLIMA_DASHBOARD_API_KEY" not in secret:
+            problems.append("dashboard: no CLIMA_DASHBOARD_API_KEY from a Secret")
+        for probe_name in ("readinessProbe", "livenessProbe"):
+            probe = container.get(probe_name, {}).get("httpGet")
+            if probe and probe.get("port") == "http" and literal.get("CLIMA_DASHBOARD_TLS_CERT") and \
+                    probe.get("scheme") != "HTTPS":
+                problems.append(f"dashboard: {probe_name} speaks HTTP to a TLS port")
+    return problems
+
+
 # --- The Nix and Bazel builds (crane CHANGELOG.md; rules_rust cargo/private/cargo_build_script.bzl,
 # cargo_build_script_runner/bin.rs, rust/known_shas.bzl; rules_rust rust/private/rust.bzl) -----
 

@@ -1,15 +1,23 @@
 use std::{future::Future, time::Duration};
 
-use axum::{Router, routing::get};
+use axum::{Router, http::StatusCode, routing::get};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-/// Serves `GET /metrics` (Prometheus text format) and `GET /healthz` on
-/// `listener` until `shutdown` resolves. Kept off the service's own port so
-/// that an ingress exposing the API never exposes its metrics.
+use crate::readiness::Readiness;
+
+fn readyz(readiness: &Readiness) -> (StatusCode, &'static str) {
+    if readiness.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+}
+
+/// Serves `GET /metrics` (Prometheus text format), `GET /healthz` (the
+/// process runs) and `GET /readyz` (`readiness`: 200, or 503) on `listener`
+/// until `shutdown` resolves. Kept off the service's own port so that an
+/// ingress exposing the API never exposes its metrics.
 pub async fn serve(
     listener: TcpListener,
     metrics: PrometheusHandle,
+    readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Histograms are folded into their buckets on upkeep; without it they would
@@ -26,8 +34,9 @@ pub async fn serve(
     });
     let app = Router::new()
         .route("/metrics", get(move || std::future::ready(metrics.render())))
-        .route("/healthz", get(|| async { "ok" }));
-    tracing::info!(address = ?listener.local_addr().ok(), "admin server listening (/metrics, /healthz)");
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(move || std::future::ready(readyz(&readiness))));
+    tracing::info!(address = ?listener.local_addr().ok(), "admin server listening (/metrics, /healthz, /readyz)");
     let result = clima_http::serve(listener, app, clima_http::ConnectionLimits::default(), shutdown).await;
     upkeep.abort();
     result

@@ -4,7 +4,7 @@
 //!   `baggage`) in and out of HTTP headers and gRPC metadata; the Kafka and
 //!   AMQP carriers live beside their brokers in `clima-broker`.
 //! - [`admin`]: the admin HTTP server every service runs: Prometheus
-//!   `/metrics` and `/healthz`.
+//!   `/metrics`, `/healthz` and `/readyz` (from [`readiness`]).
 //!
 //! Installing the tracer provider and the metrics recorder is the binary's job
 //! (`rust/clima/src/telemetry.rs`); libraries only emit `tracing` spans and
@@ -12,3 +12,4 @@
 
 pub mod admin;
 pub mod propagation;
+pub mod readiness;

@@ -10,5 +10,5 @@ pub mod server;
 pub mod service;
 pub mod sinks;
 
-pub use server::{ServeError, ServerConfig, serve};
+pub use server::{ServeError, ServerConfig, serve, serve_reporting};
 pub use sinks::{Sink, SinkError};

@@ -2,6 +2,7 @@ use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 
 use clima_http::auth::ApiKey;
 use clima_proto::v1::writer_service_server::{SERVICE_NAME, WriterServiceServer};
+use clima_telemetry::readiness::Readiness;
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic::{Request, Status};
@@ -97,12 +98,25 @@ pub async fn serve<S: Sink>(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_reporting(listener, sink, config, Readiness::not_ready(), shutdown).await
+}
+
+/// [`serve`], also reporting the health status to `readiness` (the admin
+/// port's `/readyz`, for probes that cannot speak the writer's TLS).
+pub async fn serve_reporting<S: Sink>(
+    listener: TcpListener,
+    sink: S,
+    config: ServerConfig,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let tls = config.tls()?;
     let api_key = ApiKey::load(config.api_key.as_deref(), config.api_key_file.as_deref())?;
     let sink = Arc::new(sink);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::NotServing).await;
-    let health_task = tokio::spawn(report_health(Arc::clone(&sink), health_reporter, config.health_interval));
+    let health_task =
+        tokio::spawn(report_health(Arc::clone(&sink), health_reporter, readiness, config.health_interval));
 
     let reflection_v1 = reflection().build_v1().expect("clima's descriptors are valid");
     let reflection_v1alpha = reflection().build_v1alpha().expect("clima's descriptors are valid");
@@ -133,7 +147,7 @@ fn require(api_key: Option<ApiKey>) -> impl FnMut(Request<()>) -> Result<Request
     }
 }
 
-async fn report_health<S: Sink>(sink: Arc<S>, reporter: HealthReporter, interval: Duration) {
+async fn report_health<S: Sink>(sink: Arc<S>, reporter: HealthReporter, readiness: Readiness, interval: Duration) {
     let mut serving = false;
     loop {
         let healthy = match sink.check().await {
@@ -148,6 +162,7 @@ async fn report_health<S: Sink>(sink: Arc<S>, reporter: HealthReporter, interval
             let status = if healthy { "SERVING" } else { "NOT_SERVING" };
             tracing::info!(broker = sink.name(), status, "writer health changed");
             set_health(&reporter, if healthy { ServingStatus::Serving } else { ServingStatus::NotServing }).await;
+            readiness.set(healthy);
         }
         // Retry quickly while unhealthy, so readiness follows a recovered broker fast.
         tokio::time::sleep(if healthy { interval } else { interval.min(Duration::from_secs(1)) }).await;

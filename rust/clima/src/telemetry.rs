@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, Layer, prelude::*};
 
 use crate::sampling::IngressSampler;
+pub use clima_telemetry::readiness::Readiness;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum LogFormat {
@@ -129,8 +130,9 @@ fn tracer_provider(service_name: &str, trust_remote_sampling: bool) -> anyhow::R
     Ok(Some(provider))
 }
 
-/// Installs the Prometheus recorder and starts the admin server on `listen`.
-pub async fn serve_admin(listen: SocketAddr, shutdown: &CancellationToken) -> anyhow::Result<()> {
+/// Installs the Prometheus recorder and starts the admin server on `listen`,
+/// its `/readyz` answering from `readiness`.
+pub async fn serve_admin(listen: SocketAddr, readiness: Readiness, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let metrics: PrometheusHandle = PrometheusBuilder::new()
         .set_buckets(LATENCY_BUCKETS)
         .context("histogram buckets")?
@@ -140,7 +142,7 @@ pub async fn serve_admin(listen: SocketAddr, shutdown: &CancellationToken) -> an
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
         if let Err(error) =
-            clima_telemetry::admin::serve(listener, metrics, async move { shutdown.cancelled().await }).await
+            clima_telemetry::admin::serve(listener, metrics, readiness, async move { shutdown.cancelled().await }).await
         {
             tracing::error!(%error, "admin server failed");
         }

@@ -28,7 +28,12 @@ pub struct ApiArgs {
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let shutdown = shutdown::on_signal();
-    telemetry::serve_admin(args.admin.listen.unwrap_or(([127, 0, 0, 1], 9100).into()), &shutdown).await?;
+    telemetry::serve_admin(
+        args.admin.listen.unwrap_or(([127, 0, 0, 1], 9100).into()),
+        telemetry::Readiness::ready(),
+        &shutdown,
+    )
+    .await?;
     clima_api::serve(listener, args.config, async move { shutdown.cancelled().await }).await?;
     Ok(())
 }

@@ -99,7 +99,12 @@ pub async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
         SourceKind::Kafka => 9103,
         SourceKind::Rabbitmq => 9104,
     };
-    telemetry::serve_admin(args.admin.listen.unwrap_or(([127, 0, 0, 1], default_admin_port).into()), &shutdown).await?;
+    telemetry::serve_admin(
+        args.admin.listen.unwrap_or(([127, 0, 0, 1], default_admin_port).into()),
+        telemetry::Readiness::ready(),
+        &shutdown,
+    )
+    .await?;
 
     let ca = match &args.store.tls_ca {
         Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),

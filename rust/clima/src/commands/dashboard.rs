@@ -62,7 +62,12 @@ pub async fn run(args: DashboardArgs) -> anyhow::Result<()> {
     let access = args.access()?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let shutdown = shutdown::on_signal();
-    telemetry::serve_admin(args.admin.listen.unwrap_or(([127, 0, 0, 1], 9105).into()), &shutdown).await?;
+    telemetry::serve_admin(
+        args.admin.listen.unwrap_or(([127, 0, 0, 1], 9105).into()),
+        telemetry::Readiness::ready(),
+        &shutdown,
+    )
+    .await?;
     let keys = KeySchema::new(&args.stores.key_prefix);
     let stores = Stores::new(
         StoreReader::new(&args.stores.redis_url, keys.clone()),

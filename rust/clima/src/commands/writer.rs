@@ -60,16 +60,19 @@ pub async fn run(args: WriterArgs) -> anyhow::Result<()> {
     let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let shutdown = shutdown::on_signal();
-    telemetry::serve_admin(args.admin.listen.unwrap_or(([127, 0, 0, 1], default_admin_port).into()), &shutdown).await?;
+    // Ready (admin /readyz) when the gRPC health service says SERVING.
+    let readiness = telemetry::Readiness::not_ready();
+    let admin = args.admin.listen.unwrap_or(([127, 0, 0, 1], default_admin_port).into());
+    telemetry::serve_admin(admin, readiness.clone(), &shutdown).await?;
     let shutdown = async move { shutdown.cancelled().await };
     match args.sink {
         SinkKind::Kafka => {
             let sink = KafkaSink::new(args.kafka, args.kafka_sink)?;
-            clima_writer::serve(listener, sink, args.server, shutdown).await?;
+            clima_writer::serve_reporting(listener, sink, args.server, readiness, shutdown).await?;
         }
         SinkKind::Rabbitmq => {
             let sink = RabbitMqSink::new(args.rabbitmq, args.rabbitmq_sink);
-            clima_writer::serve(listener, sink, args.server, shutdown).await?;
+            clima_writer::serve_reporting(listener, sink, args.server, readiness, shutdown).await?;
         }
     }
     Ok(())

@@ -243,3 +243,42 @@ async fn a_client_decides_sampling_only_where_it_is_trusted() {
 fn names_of(spans: &[Span]) -> Vec<&str> {
     spans.iter().map(|span| span.name.as_str()).collect()
 }
+
+/// The admin port's /readyz follows the writer's broker: Kubernetes probes it
+/// there when the gRPC port speaks mutual TLS, which its gRPC probe cannot.
+#[tokio::test]
+async fn a_writer_is_ready_on_its_admin_port_only_while_its_broker_is_reachable() {
+    let closed = free_port().await;
+    let client = reqwest::Client::new();
+    let mut writers = Vec::new();
+    for amqp_url in [clima_testkit::amqp_url(), format!("amqp://guest:guest@{closed}/%2f")] {
+        let admin = free_port().await;
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_clima"))
+            .args(["writer", "--sink", "rabbitmq", "--health-interval", "200ms"])
+            .args(["--listen", &free_port().await.to_string(), "--admin-listen", &admin.to_string()])
+            .env_clear()
+            .env("CLIMA_AMQP_URL", amqp_url)
+            .env("CLIMA_RABBITMQ_EXCHANGE", clima_testkit::unique_name("readyz"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        writers.push((admin, child));
+    }
+    let status = |admin, path: &'static str| {
+        let client = client.clone();
+        async move { client.get(format!("http://{admin}{path}")).send().await.ok().map(|r| r.status().as_u16()) }
+    };
+    let (reachable, unreachable) = (writers[0].0, writers[1].0);
+    let ready = clima_testkit::eventually(Duration::from_secs(30), || async {
+        (status(reachable, "/readyz").await == Some(200)).then_some(())
+    });
+    assert!(ready.await.is_some(), "the writer with a broker never became ready");
+    let live = clima_testkit::eventually(Duration::from_secs(30), || async {
+        (status(unreachable, "/healthz").await == Some(200)).then_some(())
+    });
+    assert!(live.await.is_some(), "the writer without a broker is not even live");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(status(unreachable, "/readyz").await, Some(503), "ready without its broker");
+}
