@@ -8,7 +8,7 @@ use clima_store::{CounterStore, Delivered};
 use clima_tweet::envelope;
 use futures::StreamExt;
 use lapin::{
-    BasicProperties, Channel,
+    Channel,
     message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -33,7 +33,13 @@ struct Channels {
     consume: Channel,
     dead_letters: Channel,
     dead_letter_queue: String,
+    max_deliveries: u64,
 }
+
+/// Default of --rabbitmq-max-deliveries: below RabbitMQ 4's quorum-queue
+/// delivery limit of 20, past which the broker drops a message that has no
+/// dead-letter exchange (`rabbit_fifo`; crashes count like requeues).
+pub const DEFAULT_MAX_DELIVERIES: u64 = 10;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RabbitMqSourceConfig {
@@ -41,11 +47,31 @@ pub struct RabbitMqSourceConfig {
     /// bounds its memory. Each message is a batch of up to the writer's --max-records tweets.
     #[arg(long = "rabbitmq-prefetch", env = "CLIMA_RABBITMQ_PREFETCH", default_value_t = 64)]
     pub prefetch: u16,
+
+    /// A message delivered this many times (its quorum-queue `x-delivery-count`)
+    /// goes to the dead-letter queue instead of being counted: one that keeps
+    /// crashing consumers stops looping, and it is kept, where the broker's
+    /// own limit (20 in RabbitMQ 4) would drop it. 0: no limit of our own.
+    #[arg(long = "rabbitmq-max-deliveries", env = "CLIMA_RABBITMQ_MAX_DELIVERIES", default_value_t = DEFAULT_MAX_DELIVERIES)]
+    pub max_deliveries: u64,
 }
 
 impl Default for RabbitMqSourceConfig {
     fn default() -> Self {
-        Self { prefetch: 64 }
+        Self { prefetch: 64, max_deliveries: DEFAULT_MAX_DELIVERIES }
+    }
+}
+
+/// How often RabbitMQ delivered this message before (quorum queues count it).
+fn delivery_count(delivery: &Delivery) -> u64 {
+    let headers = delivery.properties.headers().as_ref();
+    match headers.and_then(|headers| headers.inner().get("x-delivery-count")) {
+        Some(AMQPValue::LongLongInt(count)) => u64::try_from(*count).unwrap_or(0),
+        Some(AMQPValue::LongInt(count)) => u64::try_from(*count).unwrap_or(0),
+        Some(AMQPValue::LongUInt(count)) => u64::from(*count),
+        Some(AMQPValue::ShortInt(count)) => u64::try_from(*count).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(count)) => u64::from(*count),
+        _ => 0,
     }
 }
 
@@ -97,7 +123,8 @@ async fn subscribe(
             FieldTable::default(),
         )
         .await?;
-    Ok((connection, Channels { consume: channel, dead_letters, dead_letter_queue }, consumer))
+    let max_deliveries = source.max_deliveries;
+    Ok((connection, Channels { consume: channel, dead_letters, dead_letter_queue, max_deliveries }, consumer))
 }
 
 async fn consume(
@@ -122,6 +149,22 @@ async fn consume(
         let mut delivery = first?;
         let deadline = tokio::time::Instant::now() + batching.linger;
         loop {
+            let deliveries = delivery_count(&delivery);
+            if channels.max_deliveries > 0 && deliveries >= channels.max_deliveries {
+                let reason = format!(
+                    "delivered {deliveries} times (--rabbitmq-max-deliveries {}): set aside before the broker's \
+                     delivery limit drops it",
+                    channels.max_deliveries
+                );
+                dead_letter(channels, &delivery, &reason).await?;
+                match tokio::time::timeout_at(deadline, consumer.next()).await {
+                    Ok(Some(next)) => {
+                        delivery = next?;
+                        continue;
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
             let content_type = delivery.properties.content_type().as_ref().map(|t| t.as_str());
             let decoded = envelope::decode(content_type, &delivery.data);
             record_received(Source::RabbitMq, decoded.as_ref().ok().map(Vec::len));
@@ -134,7 +177,7 @@ async fn consume(
                     records.extend(decoded);
                     last_valid_tag = Some(delivery.delivery_tag);
                 }
-                Err(error) => dead_letter(channels, &delivery, &error).await?,
+                Err(error) => dead_letter(channels, &delivery, &error.to_string()).await?,
             }
             if records.len() >= batching.max_records {
                 break;
@@ -161,18 +204,15 @@ async fn consume(
     }
 }
 
-/// Not a clima record: retrying would fail again, so it moves to the dead-letter
-/// queue (with the reason in a header) and is acked, and never blocks the queue.
-/// It is acked only after RabbitMQ confirmed the dead letter.
-async fn dead_letter(
-    channels: &Channels,
-    delivery: &Delivery,
-    error: &envelope::EnvelopeError,
-) -> Result<(), ConsumerError> {
-    tracing::warn!(%error, delivery_tag = delivery.delivery_tag, "invalid message; dead-lettering it");
+/// Not a clima record, or delivered too often: retrying would fail again, so it
+/// moves to the dead-letter queue (with the reason in a header, and its own
+/// properties, so it can be shovelled back as it was) and is acked, and never
+/// blocks the queue. It is acked only after RabbitMQ confirmed the dead letter.
+async fn dead_letter(channels: &Channels, delivery: &Delivery, reason: &str) -> Result<(), ConsumerError> {
+    tracing::warn!(%reason, delivery_tag = delivery.delivery_tag, "dead-lettering a message");
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(DEAD_LETTER_REASON_HEADER.into(), AMQPValue::LongString(dead_letter_reason(error).into()));
-    let properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+    headers.insert(DEAD_LETTER_REASON_HEADER.into(), AMQPValue::LongString(dead_letter_reason(&reason).into()));
+    let properties = delivery.properties.clone().with_delivery_mode(2).with_headers(headers);
     let confirmation = channels
         .dead_letters
         .basic_publish(

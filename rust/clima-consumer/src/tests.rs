@@ -182,6 +182,63 @@ async fn rabbitmq_to_valkey_counts_once_dead_letters_poison_and_acks() {
     channel.queue_delete(broker.queue.as_str().into(), Default::default()).await.unwrap();
 }
 
+/// RabbitMQ 4 drops a quorum-queue message returned more than 20 times when
+/// the queue has no dead-letter exchange. The consumer sets it aside first.
+#[tokio::test]
+async fn a_message_delivered_too_often_is_dead_lettered_with_its_id_not_dropped() {
+    let name = unique_name("redelivered");
+    let broker = RabbitMqArgs { url: amqp_url(), exchange: name.clone(), queue: name, queue_type: QueueType::Quorum };
+    let sink = RabbitMqSink::new(broker.clone(), RabbitMqSinkConfig::default());
+    sink.publish(&tweets_with_a_duplicate()).await.unwrap();
+    let connection = broker.connect("clima-test").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    // Three deliveries that end without an ack, as three crashed consumers would leave it.
+    let mut message_id = None;
+    for _ in 0..3 {
+        let got = clima_testkit::eventually(Duration::from_secs(10), || async {
+            channel.basic_get(broker.queue.as_str().into(), Default::default()).await.unwrap()
+        });
+        let got = got.await.expect("the message is in the queue");
+        message_id = got.delivery.properties.message_id().clone();
+        channel
+            .basic_nack(got.delivery.delivery_tag, lapin::options::BasicNackOptions { requeue: true, multiple: false })
+            .await
+            .unwrap();
+    }
+
+    let store = fresh_store(&valkey_url()).await;
+    let source = RabbitMqSourceConfig { max_deliveries: 3, ..RabbitMqSourceConfig::default() };
+    let shutdown = CancellationToken::new();
+    let consumer = tokio::spawn({
+        let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
+        async move { crate::rabbitmq::run(&broker, &source, &BatchConfig::default(), &store, shutdown).await }
+    });
+    let dead_letter_queue = crate::rabbitmq::dead_letter_queue(&broker.queue);
+    // As the consumer declares it: a get from a missing queue would close the channel.
+    let durable = lapin::options::QueueDeclareOptions::durable();
+    channel.queue_declare(dead_letter_queue.as_str().into(), durable, Default::default()).await.unwrap();
+    let dead = clima_testkit::eventually(Duration::from_secs(30), || async {
+        let get = lapin::options::BasicGetOptions { no_ack: true };
+        channel.basic_get(dead_letter_queue.as_str().into(), get).await.ok().flatten()
+    });
+    let dead = dead.await.expect("the message was not dead-lettered");
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+
+    assert!(message_id.is_some(), "writers give every message an id");
+    assert_eq!(dead.delivery.properties.message_id(), &message_id, "kept its id, for a replay to dedupe on");
+    let headers = dead.delivery.properties.headers().as_ref().unwrap();
+    let Some(lapin::types::AMQPValue::LongString(reason)) = headers.inner().get(crate::DEAD_LETTER_REASON_HEADER)
+    else {
+        panic!("no reason header: {headers:?}")
+    };
+    let reason = String::from_utf8_lossy(reason.as_bytes());
+    assert!(reason.contains("delivered 3 times"), "{reason}");
+    assert_eq!(store.read_counts(1).await.unwrap().total, 0, "set aside, not counted");
+    channel.queue_delete(dead_letter_queue.as_str().into(), Default::default()).await.unwrap();
+    channel.queue_delete(broker.queue.as_str().into(), Default::default()).await.unwrap();
+}
+
 #[test]
 fn a_dead_letter_reason_is_bounded_whatever_the_bad_value() {
     let huge_country = "Ñ".repeat(500_000);

@@ -33,7 +33,7 @@ async fn h2_connection(
 }
 
 async fn get_root(sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>) -> u16 {
-    let request = http::Request::get(format!("http://localhost/")).body(Empty::new()).unwrap();
+    let request = http::Request::get("http://localhost/").body(Empty::new()).unwrap();
     sender.send_request(request).await.unwrap().status().as_u16()
 }
 

@@ -140,7 +140,7 @@ pub async fn serve_reporting<S: Sink>(
 /// Refuses a call without the API key, if one is required.
 fn require(api_key: Option<ApiKey>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |request: Request<()>| match &api_key {
-        Some(key) if false && !key.is_presented(&request.metadata().clone().into_headers()) => {
+        Some(key) if !key.is_presented(&request.metadata().clone().into_headers()) => {
             Err(Status::unauthenticated("a valid API key is required (authorization: Bearer <key>)"))
         }
         _ => Ok(request),
