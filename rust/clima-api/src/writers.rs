@@ -88,7 +88,12 @@ impl Writers {
         let authorization = api_key
             .map(|key| tonic::metadata::MetadataValue::try_from(key.bearer().as_bytes()))
             .transpose()
-            .map_err(|_| clima_http::auth::ApiKeyError::NotHeaderSafe)?;
+            .map_err(|_| clima_http::auth::ApiKeyError::NotHeaderSafe)?
+            .map(|mut value| {
+                // Kept out of HTTP/2's header compression table.
+                value.set_sensitive(true);
+                value
+            });
         let writers = endpoints
             .iter()
             .map(|endpoint| {

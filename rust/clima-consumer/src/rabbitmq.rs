@@ -41,6 +41,9 @@ struct Channels {
 /// dead-letter exchange (`rabbit_fifo`; crashes count like requeues).
 pub const DEFAULT_MAX_DELIVERIES: u64 = 10;
 
+/// Where a dead letter keeps the broker's `x-delivery-count` it had.
+pub const ORIGINAL_DELIVERY_COUNT_HEADER: &str = "clima-original-delivery-count";
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct RabbitMqSourceConfig {
     /// Unacknowledged messages RabbitMQ may push to this consumer (basic.qos);
@@ -52,7 +55,14 @@ pub struct RabbitMqSourceConfig {
     /// goes to the dead-letter queue instead of being counted: one that keeps
     /// crashing consumers stops looping, and it is kept, where the broker's
     /// own limit (20 in RabbitMQ 4) would drop it. 0: no limit of our own.
-    #[arg(long = "rabbitmq-max-deliveries", env = "CLIMA_RABBITMQ_MAX_DELIVERIES", default_value_t = DEFAULT_MAX_DELIVERIES)]
+    /// Every consumer crash or restart is a delivery of each message it held
+    /// unacked, so keep room for incidents below 20.
+    #[arg(
+        long = "rabbitmq-max-deliveries",
+        env = "CLIMA_RABBITMQ_MAX_DELIVERIES",
+        default_value_t = DEFAULT_MAX_DELIVERIES,
+        value_parser = clap::value_parser!(u64).range(0..20)
+    )]
     pub max_deliveries: u64,
 }
 
@@ -211,6 +221,18 @@ async fn consume(
 async fn dead_letter(channels: &Channels, delivery: &Delivery, reason: &str) -> Result<(), ConsumerError> {
     tracing::warn!(%reason, delivery_tag = delivery.delivery_tag, "dead-lettering a message");
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    // The broker's own count must not travel: shovelled back, the message would
+    // arrive already "delivered too often". It is kept under our name.
+    if let Some(count) = headers.inner().get("x-delivery-count").cloned() {
+        headers.insert(ORIGINAL_DELIVERY_COUNT_HEADER.into(), count);
+    }
+    let mut headers: FieldTable = headers
+        .inner()
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "x-delivery-count" | "x-acquired-count"))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into();
     headers.insert(DEAD_LETTER_REASON_HEADER.into(), AMQPValue::LongString(dead_letter_reason(&reason).into()));
     let properties = delivery.properties.clone().with_delivery_mode(2).with_headers(headers);
     let confirmation = channels

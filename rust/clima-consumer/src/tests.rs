@@ -235,6 +235,12 @@ async fn a_message_delivered_too_often_is_dead_lettered_with_its_id_not_dropped(
     let reason = String::from_utf8_lossy(reason.as_bytes());
     assert!(reason.contains("delivered 3 times"), "{reason}");
     assert_eq!(store.read_counts(1).await.unwrap().total, 0, "set aside, not counted");
+    assert!(!headers.inner().contains_key("x-delivery-count"), "shovelled back, it would be set aside at once");
+    assert!(headers.inner().contains_key(crate::rabbitmq::ORIGINAL_DELIVERY_COUNT_HEADER));
+    // Acked once set aside: nothing is left in the queue.
+    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    let queue = channel.queue_declare(broker.queue.as_str().into(), passive, Default::default()).await.unwrap();
+    assert_eq!(queue.message_count(), 0);
     channel.queue_delete(dead_letter_queue.as_str().into(), Default::default()).await.unwrap();
     channel.queue_delete(broker.queue.as_str().into(), Default::default()).await.unwrap();
 }

@@ -174,6 +174,10 @@ impl Connection {
         };
         let mut connection = pin!(self.builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service)));
         let mut closing = false;
+        // Until its first request a connection gets only the header-read time:
+        // hyper's header timer does not cover a client that finished the TLS
+        // handshake (or the HTTP/2 preface) and then went silent.
+        let mut idle_timeout = self.limits.header_read_timeout;
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
@@ -183,8 +187,8 @@ impl Connection {
                     return;
                 }
                 // A request began: the idle timer starts again.
-                () = request_started.notified(), if !closing => {}
-                () = tokio::time::sleep(self.limits.idle_timeout), if !closing => {
+                () = request_started.notified(), if !closing => idle_timeout = self.limits.idle_timeout,
+                () = tokio::time::sleep(idle_timeout), if !closing => {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
                 }
