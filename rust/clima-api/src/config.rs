@@ -10,7 +10,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiConfig {
     /// gRPC endpoint of a writer (repeatable; env: comma separated). Every
-    /// accepted tweet is sent to every writer.
+    /// accepted tweet is sent to every writer. `http://a:50051|http://b:50051`
+    /// names replicas of one writer: each call goes to one of them.
     #[arg(
         long = "writer",
         env = "CLIMA_WRITERS",

@@ -98,16 +98,24 @@ impl Writers {
             .iter()
             .map(|endpoint| {
                 let endpoint_error = |source| ApiError::WriterEndpoint { endpoint: endpoint.clone(), source };
-                let mut channel = Endpoint::from_shared(endpoint.clone()).map_err(endpoint_error)?;
-                if let Some(tls) = &tls {
-                    channel = channel.tls_config(tls.clone()).map_err(endpoint_error)?;
+                // `a|b`: replicas of one broker's writer; each call goes to one
+                // of them (tonic's power-of-two-choices balancer).
+                let mut replicas = Vec::new();
+                for replica in endpoint.split('|') {
+                    let mut channel = Endpoint::from_shared(replica.trim().to_owned()).map_err(endpoint_error)?;
+                    if let Some(tls) = &tls {
+                        channel = channel.tls_config(tls.clone()).map_err(endpoint_error)?;
+                    }
+                    replicas.push(
+                        channel.connect_timeout(timeout.min(Duration::from_secs(1))).timeout(timeout).tcp_nodelay(true),
+                    );
                 }
-                let channel = channel
-                    .connect_timeout(timeout.min(Duration::from_secs(1)))
-                    .timeout(timeout)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                let uri: http::Uri = endpoint.parse().unwrap_or_default();
+                let channel = match replicas.len() {
+                    1 => replicas.remove(0).connect_lazy(),
+                    _ => Channel::balance_list(replicas.into_iter()),
+                };
+                let first = endpoint.split('|').next().unwrap_or_default();
+                let uri: http::Uri = first.trim().parse().unwrap_or_default();
                 let address = (uri.host().unwrap_or_default().to_owned(), uri.port_u16().unwrap_or(80));
                 Ok(Writer {
                     endpoint: endpoint.clone(),

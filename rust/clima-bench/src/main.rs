@@ -6,6 +6,7 @@
 //! this machine, so that clima's end-to-end rate can be read as a fraction of it.
 
 mod dedupe_memory;
+mod hop;
 mod http;
 mod kafka;
 mod otlp_sink;
@@ -34,6 +35,8 @@ enum Command {
     Store(store::Args),
     /// Redis or Valkey: memory per dedupe marker of clima's count script.
     DedupeMemory(dedupe_memory::Args),
+    /// The API→writer hop: the same Publish calls over gRPC/protobuf and over HTTP/1.1 + JSON.
+    Hop(hop::Args),
     /// An HTTP hello world on clima's server stack (axum on hyper): POST /input → 202.
     HttpHello(http::Args),
     /// An OTLP/gRPC trace receiver that only counts spans (for the cost of tracing).
@@ -69,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Rabbitmq(args) => rabbitmq::run(args).await?,
         Command::Store(args) => store::run(args).await?,
         Command::HttpHello(args) => return http::run(args).await,
+        Command::Hop(args) => return hop::run(args).await,
         Command::DedupeMemory(args) => return dedupe_memory::run(args).await,
         Command::OtlpSink(args) => return otlp_sink::run(args).await,
     };

@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clima_api::ApiConfig;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::{shutdown, telemetry};
 
@@ -11,6 +11,12 @@ pub struct ApiArgs {
     /// Address to listen on for HTTP.
     #[arg(long, env = "CLIMA_API_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+
+    /// Let several `clima api` processes listen on the same address
+    /// (SO_REUSEPORT): the kernel spreads new connections across them, as a
+    /// Service does across pods.
+    #[arg(long, env = "CLIMA_API_REUSE_PORT")]
+    reuse_port: bool,
 
     #[command(flatten)]
     admin: telemetry::AdminArgs,
@@ -25,8 +31,17 @@ pub struct ApiArgs {
     pub(crate) config: ApiConfig,
 }
 
+fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(reuse_port)?;
+    socket.bind(address)?;
+    // Tokio's own `TcpListener::bind` backlog.
+    socket.listen(1024)
+}
+
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener = bind(args.listen, args.reuse_port).with_context(|| format!("binding {}", args.listen))?;
     let shutdown = shutdown::on_signal();
     telemetry::serve_admin(
         args.admin.listen.unwrap_or(([127, 0, 0, 1], 9100).into()),
