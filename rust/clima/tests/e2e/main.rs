@@ -11,4 +11,5 @@ mod observability;
 mod pipeline;
 mod processes;
 mod reflection;
+mod replicas;
 mod tls;
