@@ -381,8 +381,9 @@ def markdown(result):
     lines += ["", "![raw publish, tweets/s by batch size](findings/brokers-raw.png)", "",
               "### Inside clima: each writer's publish time and each consumer's store time",
               "",
-              "Setup: `clima load --batch B --verify` (arrays of B tweets: one writer call and one broker message per "
-              "broker each); p50/p99 are the upper bounds of the histogram buckets of the services' own /metrics "
+              "Setup: `clima load --batch B --verify` (arrays of B tweets; the API groups concurrent requests "
+              "into shared writer calls, one broker message each, so a call carries one request or more); p50/p99 "
+              "are the upper bounds of the histogram buckets of the services' own /metrics "
               "(`clima_publish_duration_seconds`, `clima_store_write_duration_seconds`) over the run.",
               "",
               "| tweets per request | accepted tweets/s | counted end to end/s | exact | Kafka publish p50 / p99 (ms) "
@@ -445,7 +446,8 @@ def markdown(result):
               f"{s['versions']['valkey'].get('valkey_version', '?')} (reports redis_version "
               f"{s['versions']['valkey'].get('redis_version', '?')} for clients) |"]
     raw = {rate["ceiling"]: rate["per_second"] for rate in s["raw"]}
-    lines.append(f"| pipelined HINCRBY on the live store (ops/s) | {raw.get('redis', 0):,.0f} | "
+    lines.append(f"| pipelined HINCRBY on the stack's store (ops/s; this Redis keeps nothing on disk, this Valkey "
+                 f"is append-only) | {raw.get('redis', 0):,.0f} | "
                  f"{raw.get('valkey', 0):,.0f} |")
     for key in ("clima:country", "clima:weather", "clima:country_weather"):
         cells = []
@@ -482,7 +484,9 @@ def markdown(result):
               "called the same number of times with the same `PublishRequest`s at 8 calls in flight, over tonic "
               "(HTTP/2, protobuf) and over HTTP/1.1 keep-alive with the proto's JSON mapping (pbjson, the mapping "
               "`POST /input` uses). CPU is the process's user+system time, client and server together, per tweet. "
-              "Bytes are request bodies only (no headers). The third encoding is gRPC as clima's writer served it "
+              "gRPC multiplexes the 8 calls on one HTTP/2 connection, as the API does per writer; HTTP/1.1 "
+              "needs a connection per call in flight, so JSON had 8. Bytes are request bodies only (no headers). "
+              "The third encoding is gRPC as clima's writer served it "
               "until this run found it: its accepted sockets kept Nagle's algorithm on (tonic sets TCP_NODELAY only "
               "on listeners it binds itself), so an answer could wait for the caller's delayed ACK, up to 40 ms. "
               "The writer now sets it.", "",
@@ -499,7 +503,8 @@ def markdown(result):
               "call's tweets) and with the default 500 (up to 500 tweets from many messages per call). Both ack "
               "after the store: the ci/faults rows above are that design under `kill -9`.", "",
               "| consumers | counted end to end/s | exact | Redis count calls | Valkey count calls "
-              "| Redis count p50 / p99 (ms) | Valkey count p50 / p99 (ms) | POST→counted p50 / p99 Redis (ms) "
+              "| Redis count p50 / p99 (ms, bucket bounds) | Valkey count p50 / p99 (ms, bucket bounds) "
+              "| POST→counted p50 / p99 Redis (ms) "
               "| POST→counted p50 / p99 Valkey (ms) |",
               "| --- | ---: | --- | ---: | ---: | --- | --- | --- | --- |"]
     for row in result["consumer_design"]:
@@ -528,8 +533,8 @@ def markdown(result):
     base = rows[0]["report"]["accepted_per_s"] if rows else 0
     best = max(rows, key=lambda row: row["report"]["accepted_per_s"]) if rows else None
     if best and base:
-        lines += ["", f"Here the best was {best['apis']} API(s) with {best['writers_per_broker']} writer(s) per broker, "
-                  f"at {best['report']['accepted_per_s'] / base:.2f}× the single API's rate. All processes, the "
+        lines += ["", f"The best row reached {best['report']['accepted_per_s'] / base:.2f}× the single API's rate; "
+                  "each row is one run: differences of a few per cent are within this machine's noise. All processes, the "
                   "brokers and the load generator share the same 2 cores, so a replica can only win what one process "
                   "leaves idle (waiting on the network), never more CPU: this shows the cost of the extra hop and "
                   "processes, not the scaling a cluster would see. For an HPA (min 1, max 3 at 30 % CPU, as the "

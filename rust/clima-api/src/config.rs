@@ -11,7 +11,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub struct ApiConfig {
     /// gRPC endpoint of a writer (repeatable; env: comma separated). Every
     /// accepted tweet is sent to every writer. `http://a:50051|http://b:50051`
-    /// names replicas of one writer: each call goes to one of them.
+    /// names replicas of one writer: calls go to them in turn, skipping one
+    /// that cannot be reached.
     #[arg(
         long = "writer",
         env = "CLIMA_WRITERS",

@@ -1,4 +1,7 @@
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
 
 use clima_http::auth::ApiKey;
 use clima_proto::v1::{
@@ -19,20 +22,77 @@ pub struct Writers {
     writers: Vec<Writer>,
 }
 
+/// One broker's writer: one or more replicas (`--writer a|b`).
 struct Writer {
+    replicas: Vec<Replica>,
+    /// Where the next call starts: calls go round the replicas in turn.
+    next: AtomicUsize,
+    /// `Bearer <--writer-api-key>`, if the writers require a key.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+/// One writer process: its own channel, so a dead one fails alone.
+struct Replica {
     endpoint: String,
     /// `host` and `port` of the endpoint, for span attributes.
     address: (String, u16),
     client: WriterServiceClient<Channel>,
     health: HealthClient<Channel>,
-    /// `Bearer <--writer-api-key>`, if the writers require a key.
-    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Writer {
+    /// Publishes on one replica, in turn; a replica that cannot be reached
+    /// (`UNAVAILABLE`: nothing was sent) hands the call to the next one. Any
+    /// other failure is the answer: that replica may have published, and a
+    /// retry is the client's, with its Idempotency-Key.
+    async fn publish(&self, records: &[TweetRecord], requests: &[Span]) -> Result<(), (&str, tonic::Status)> {
+        let count = self.replicas.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut outcome = Ok(());
+        for attempt in 0..count {
+            let replica = &self.replicas[(start + attempt) % count];
+            outcome = replica.publish(records, requests, self.authorization.as_ref()).await;
+            match &outcome {
+                Err((endpoint, status)) if status.code() == tonic::Code::Unavailable && attempt + 1 < count => {
+                    tracing::debug!(
+                        endpoint,
+                        message = status.message(),
+                        "writer replica unreachable; trying the next"
+                    );
+                }
+                _ => break,
+            }
+        }
+        outcome
+    }
+
+    /// SERVING if any replica is, else the first replica's status.
+    async fn health(&self) -> String {
+        let checks = self.replicas.iter().map(|replica| async move {
+            let request = HealthCheckRequest { service: String::new() };
+            match replica.health.clone().check(request).await {
+                Ok(response) => response.into_inner().status().as_str_name().to_owned(),
+                Err(status) => {
+                    tracing::debug!(endpoint = replica.endpoint, code = ?status.code(), "writer health check failed");
+                    format!("UNREACHABLE ({:?})", status.code())
+                }
+            }
+        });
+        let statuses = join_all(checks).await;
+        let serving = ServingStatus::Serving.as_str_name();
+        statuses.iter().find(|status| *status == serving).unwrap_or(&statuses[0]).clone()
+    }
+}
+
+impl Replica {
     /// One `Publish` call: a client span whose context travels in the metadata.
     /// The span is a child of the batch's first request and links to the others.
-    async fn publish(&self, records: &[TweetRecord], requests: &[Span]) -> Result<(), (&str, tonic::Status)> {
+    async fn publish(
+        &self,
+        records: &[TweetRecord],
+        requests: &[Span],
+        authorization: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    ) -> Result<(), (&str, tonic::Status)> {
         let span = tracing::info_span!(
             parent: requests.first().and_then(Span::id),
             "grpc.client",
@@ -51,7 +111,7 @@ impl Writer {
         }
         let mut request = tonic::Request::new(PublishRequest { records: records.to_vec() });
         propagation::inject(&span, &mut MetadataInjector(request.metadata_mut()));
-        if let Some(authorization) = &self.authorization {
+        if let Some(authorization) = authorization {
             request.metadata_mut().insert("authorization", authorization.clone());
         }
 
@@ -98,32 +158,27 @@ impl Writers {
             .iter()
             .map(|endpoint| {
                 let endpoint_error = |source| ApiError::WriterEndpoint { endpoint: endpoint.clone(), source };
-                // `a|b`: replicas of one broker's writer; each call goes to one
-                // of them (tonic's power-of-two-choices balancer).
+                // `a|b`: replicas of one broker's writer, a channel each.
                 let mut replicas = Vec::new();
-                for replica in endpoint.split('|') {
-                    let mut channel = Endpoint::from_shared(replica.trim().to_owned()).map_err(endpoint_error)?;
+                for replica in endpoint.split('|').map(str::trim) {
+                    let mut channel = Endpoint::from_shared(replica.to_owned()).map_err(endpoint_error)?;
                     if let Some(tls) = &tls {
                         channel = channel.tls_config(tls.clone()).map_err(endpoint_error)?;
                     }
-                    replicas.push(
-                        channel.connect_timeout(timeout.min(Duration::from_secs(1))).timeout(timeout).tcp_nodelay(true),
-                    );
+                    let channel = channel
+                        .connect_timeout(timeout.min(Duration::from_secs(1)))
+                        .timeout(timeout)
+                        .tcp_nodelay(true)
+                        .connect_lazy();
+                    let uri: http::Uri = replica.parse().unwrap_or_default();
+                    replicas.push(Replica {
+                        endpoint: replica.to_owned(),
+                        address: (uri.host().unwrap_or_default().to_owned(), uri.port_u16().unwrap_or(80)),
+                        client: WriterServiceClient::new(channel.clone()),
+                        health: HealthClient::new(channel),
+                    });
                 }
-                let channel = match replicas.len() {
-                    1 => replicas.remove(0).connect_lazy(),
-                    _ => Channel::balance_list(replicas.into_iter()),
-                };
-                let first = endpoint.split('|').next().unwrap_or_default();
-                let uri: http::Uri = first.trim().parse().unwrap_or_default();
-                let address = (uri.host().unwrap_or_default().to_owned(), uri.port_u16().unwrap_or(80));
-                Ok(Writer {
-                    endpoint: endpoint.clone(),
-                    address,
-                    client: WriterServiceClient::new(channel.clone()),
-                    health: HealthClient::new(channel),
-                    authorization: authorization.clone(),
-                })
+                Ok(Writer { replicas, next: AtomicUsize::new(0), authorization: authorization.clone() })
             })
             .collect::<Result<_, ApiError>>()?;
         Ok(Self { writers })
@@ -152,17 +207,10 @@ impl Writers {
 
     /// Each writer's `grpc.health.v1` status; all SERVING means ready.
     pub async fn health(&self) -> (bool, Vec<WriterHealth>) {
-        let checks = self.writers.iter().enumerate().map(|(index, writer)| async move {
-            let request = HealthCheckRequest { service: String::new() };
-            let status = match writer.health.clone().check(request).await {
-                Ok(response) => response.into_inner().status().as_str_name().to_owned(),
-                Err(status) => {
-                    tracing::debug!(endpoint = writer.endpoint, code = ?status.code(), "writer health check failed");
-                    format!("UNREACHABLE ({:?})", status.code())
-                }
-            };
-            WriterHealth { writer: index + 1, status }
-        });
+        let checks =
+            self.writers.iter().enumerate().map(|(index, writer)| async move {
+                WriterHealth { writer: index + 1, status: writer.health().await }
+            });
         let writers = join_all(checks).await;
         let ready = writers.iter().all(|w| w.status == ServingStatus::Serving.as_str_name());
         (ready, writers)

@@ -36,7 +36,8 @@ fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(reuse_port)?;
     socket.bind(address)?;
-    // Tokio's own `TcpListener::bind` backlog.
+    // Room for bursts of new connections while --max-connections are busy
+    // (`TcpListener::bind` would give 128); the kernel caps it at somaxconn.
     socket.listen(1024)
 }
 

@@ -1,5 +1,6 @@
-//! Replicas of one broker's writer behind one `--writer a|b`: each call goes
-//! to one of them, and every request is still published exactly once.
+//! Replicas of one broker's writer behind one `--writer a|b|c`: calls go to
+//! them in turn, one that is down is skipped, and every request is still
+//! published exactly once.
 
 use clima_api::ApiConfig;
 use clima_broker::rabbitmq::{QueueType, RabbitMqArgs};
@@ -29,7 +30,9 @@ async fn an_api_spreads_one_brokers_calls_over_its_writer_replicas() {
             RabbitMqArgs { url: amqp_url(), exchange: name.clone(), queue: name, queue_type: QueueType::Quorum }
         })
         .collect();
-    let endpoints = [writer(brokers[0].clone()).await, writer(brokers[1].clone()).await];
+    // A replica that is down (nothing listens there) must cost no request.
+    let down = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let endpoints = [writer(brokers[0].clone()).await, format!("http://{down}"), writer(brokers[1].clone()).await];
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/input", listener.local_addr().unwrap());
     let config = ApiConfig::with_writers(vec![endpoints.join("|")]);
