@@ -9,6 +9,7 @@ mod dedupe_memory;
 mod hop;
 mod http;
 mod kafka;
+mod order;
 mod otlp_sink;
 mod rabbitmq;
 mod store;
@@ -41,6 +42,8 @@ enum Command {
     HttpHello(http::Args),
     /// An OTLP/gRPC trace receiver that only counts spans (for the cost of tracing).
     OtlpSink(otlp_sink::Args),
+    /// Taps clima's topic and exchange during a load: how far each broker's order departs from acceptance order.
+    Order(order::Args),
 }
 
 /// One measured operation.
@@ -75,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Hop(args) => return hop::run(args).await,
         Command::DedupeMemory(args) => return dedupe_memory::run(args).await,
         Command::OtlpSink(args) => return otlp_sink::run(args).await,
+        Command::Order(args) => return order::run(args).await,
     };
     for rate in rates {
         println!("{}", serde_json::to_string(&rate)?);

@@ -1,4 +1,5 @@
-//! Kafka → store: a consumer group; offsets are committed after the store counted the batch.
+//! Kafka → store: a consumer group; offsets are committed after the store counted the batch
+//! (before it with `--ack before-store`).
 
 use std::collections::BTreeMap;
 
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
 use crate::{
-    BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored, dead_letter_reason,
+    AckTiming, BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored, dead_letter_reason,
     process_spans, record_received, retry_until_ok,
 };
 
@@ -133,6 +134,10 @@ pub async fn run(
             batch = next_batch(&consumer, batching, &counted) => batch,
             () = shutdown.cancelled() => break,
         };
+        let offsets = next_offsets(&batch);
+        if batching.ack == AckTiming::BeforeStore {
+            commit(&consumer, &offsets, CommitMode::Sync);
+        }
         let log = Some(crate::Batch::Log(&broker.topic, &batch.positions));
         if !dead_letter(&dead_letter_producer, &dead_letters.topic, &batch.rejected, &shutdown).await
             || !count_until_stored(store, &batch.records, log, &batch.spans, Source::Kafka, &shutdown).await
@@ -144,8 +149,9 @@ pub async fn run(
             *next = (*next).max(position.offset + 1);
         }
         skip_counted(&consumer, &broker.topic, &batch, &counted);
-        let offsets = next_offsets(&batch);
-        commit(&consumer, &offsets, CommitMode::Async);
+        if batching.ack == AckTiming::AfterStore {
+            commit(&consumer, &offsets, CommitMode::Async);
+        }
         last_commit = Some(offsets);
     }
     // Async commits may still be queued: make the last one durable before leaving.

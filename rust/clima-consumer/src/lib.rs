@@ -6,7 +6,8 @@
 //! Both follow the same rule: a batch is acknowledged to its broker (offsets
 //! committed / messages acked) only after the store counted it. A crash in
 //! between means redelivery, and the store counts each tweet id once, so
-//! every tweet is counted exactly once.
+//! every tweet is counted exactly once. ([`AckTiming::BeforeStore`] breaks the
+//! rule on purpose, to measure what the other design loses.)
 
 pub mod kafka;
 pub mod rabbitmq;
@@ -35,12 +36,31 @@ pub struct BatchConfig {
     /// How long to wait for more messages once a batch has its first one.
     #[arg(long = "batch-linger", env = "CLIMA_CONSUMER_BATCH_LINGER", default_value = "10ms", value_parser = humantime::parse_duration)]
     pub linger: Duration,
+
+    /// When a batch is acknowledged to the broker: after the store counted it
+    /// (exactly once), or before (at most once: a crash in between loses the
+    /// batch; only for measuring that design, ci/experiments).
+    #[arg(long = "ack", env = "CLIMA_CONSUMER_ACK", value_enum, default_value_t = AckTiming::AfterStore)]
+    pub ack: AckTiming,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_records: 500, linger: Duration::from_millis(10) }
+        Self { max_records: 500, linger: Duration::from_millis(10), ack: AckTiming::AfterStore }
     }
+}
+
+/// When a consumer acknowledges a batch (Kafka: commits its offsets; RabbitMQ:
+/// acks its messages), relative to the store's count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AckTiming {
+    /// After the store counted the batch. A crash in between means
+    /// redelivery, which the store counts once: nothing lost, nothing twice.
+    AfterStore,
+    /// Before the store counts it, as a consumer with auto-commit or auto-ack
+    /// does. A crash in between loses the batch: the broker will not deliver
+    /// it again. Never for production; ci/experiments measures what it loses.
+    BeforeStore,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
 //! RabbitMQ → store: manual acks with bounded prefetch; a batch is acked
-//! (`multiple`) after the store counted it.
+//! (`multiple`) after the store counted it (before it with `--ack before-store`).
 
 use std::time::Duration;
 
@@ -19,8 +19,8 @@ use lapin::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Batch, BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored, dead_letter_reason,
-    process_spans, record_received, retry_until_ok,
+    AckTiming, Batch, BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored,
+    dead_letter_reason, process_spans, record_received, retry_until_ok,
 };
 
 /// Where invalid messages of `queue` go: the durable queue `<queue>.dead`.
@@ -197,14 +197,21 @@ async fn consume(
                 Ok(None) | Err(_) => break,
             }
         }
+        let ack_first = batching.ack == AckTiming::BeforeStore;
+        if ack_first && let Some(tag) = last_valid_tag {
+            channels.consume.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
+        }
         if !count_until_stored(store, &records, Some(Batch::Delivered(&delivered)), &spans, Source::RabbitMq, shutdown)
             .await
         {
-            // Shutting down with the batch uncounted: unacked, RabbitMQ redelivers it.
+            // Shutting down with the batch uncounted: unacked, RabbitMQ redelivers it
+            // (acked before the store, it is lost: what that design gives up).
             return Ok(());
         }
         if let Some(tag) = last_valid_tag {
-            channels.consume.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
+            if !ack_first {
+                channels.consume.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
+            }
             // Acked: no redelivery can come, so the journal entries can go. Left
             // behind (a crash right here), they only cost memory until they expire.
             if let Err(error) = store.forget_acked(&delivered).await {

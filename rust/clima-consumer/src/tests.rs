@@ -15,7 +15,7 @@ use clima_writer::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{BatchConfig, kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
+use crate::{AckTiming, BatchConfig, kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
 
 /// A topic of its own, two partitions, on the local broker.
 fn kafka_topic(kind: &str) -> KafkaArgs {
@@ -243,6 +243,70 @@ async fn a_message_delivered_too_often_is_dead_lettered_with_its_id_not_dropped(
     assert_eq!(queue.message_count(), 0);
     channel.queue_delete(dead_letter_queue.as_str().into(), Default::default()).await.unwrap();
     channel.queue_delete(broker.queue.as_str().into(), Default::default()).await.unwrap();
+}
+
+/// The group's committed offsets on `topic`, summed over its partitions (0 if none).
+fn committed_total(broker: &KafkaArgs, group: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let reader: BaseConsumer = broker.client_config().set("group.id", group).create().unwrap();
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for partition in 0..broker.partitions {
+        partitions.add_partition(&broker.topic, partition);
+    }
+    let committed = reader.committed_offsets(partitions, Duration::from_secs(10)).unwrap();
+    committed
+        .elements()
+        .iter()
+        .filter_map(|element| match element.offset() {
+            rdkafka::Offset::Offset(offset) => Some(offset),
+            _ => None,
+        })
+        .sum()
+}
+
+/// With a full store (it refuses every count), a consumer that acks before
+/// the store commits the batch it cannot count (a crash now would lose it),
+/// and one that acks after the store commits nothing (it would be read again).
+#[tokio::test]
+async fn acking_before_the_store_commits_a_batch_it_never_counted() {
+    use clima_testkit::{ServerProcess, free_port, valkey_server_binary};
+    let broker = kafka_topic("ack-timing");
+    let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
+    sink.publish(&tweets_with_a_duplicate()).await.unwrap();
+    let port = free_port();
+    let _valkey = ServerProcess::start(
+        &valkey_server_binary(),
+        &["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--maxmemory-policy", "noeviction"]
+            .map(str::to_owned),
+        port,
+    );
+    let url = format!("redis://127.0.0.1:{port}");
+    let store = fresh_store(&url).await;
+    let mut admin = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1).query_async(&mut admin).await.unwrap();
+
+    let shutdown = CancellationToken::new();
+    let mut consumers = Vec::new();
+    for ack in [AckTiming::AfterStore, AckTiming::BeforeStore] {
+        let source = KafkaSourceConfig { group: unique_name("ack-group") };
+        let batching = BatchConfig { ack, ..BatchConfig::default() };
+        consumers.push((ack, source.group.clone()));
+        tokio::spawn({
+            let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
+            async move { crate::kafka::run(&broker, &source, &batching, &store, shutdown).await }
+        });
+    }
+    let before_store = &consumers[1].1;
+    let committed = clima_testkit::eventually(Duration::from_secs(30), || async {
+        Some(committed_total(&broker, before_store)).filter(|&total| total > 0)
+    });
+    assert_eq!(committed.await, Some(1), "acked before the store: its one message committed, never counted");
+    // The other group read the same message by now (both started together);
+    // it keeps retrying the store and must not have committed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(committed_total(&broker, &consumers[0].1), 0, "acked after the store: nothing committed");
+    assert_eq!(store.read_counts(1).await.unwrap().total, 0, "the full store counted nothing");
+    shutdown.cancel();
 }
 
 #[test]

@@ -239,6 +239,10 @@ struct ArraysReport {
 struct Counted {
     /// Both stores hold exactly the accepted tweets, once each.
     exact: bool,
+    /// This run's tweets in Redis (from Kafka) and in Valkey (from RabbitMQ):
+    /// below `accepted` means lost, above it counted twice.
+    redis_total: u64,
+    valkey_total: u64,
     /// From the first request until both stores had counted every accepted tweet.
     elapsed_s: f64,
     /// Accepted tweets over that time: the sustained rate of the whole pipeline.
@@ -376,6 +380,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         let counted_after = redis_done.max(valkey_done).unwrap_or_else(|| started.elapsed());
         let counted = Counted {
             exact,
+            redis_total: redis.total,
+            valkey_total: valkey.total,
             elapsed_s: counted_after.as_secs_f64(),
             end_to_end_per_s: total.accepted.total as f64 / counted_after.as_secs_f64().max(f64::EPSILON),
             redis_post_to_counted_ms: Percentiles::of(&redis_lag),
