@@ -64,12 +64,12 @@ def machine():
             "kafka": "tansu 0.6 (memory)" if "memory" in os.environ.get("CLIMA_KAFKA_STORAGE", "") else "tansu 0.6 (sqlite)"}
 
 
-def load(*args, check=True):
+def load(*args, check=True, env=None):
     """Runs `clima load` with --json; returns (its report, its exit code)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as report:
         command = [str(CLIMA), "load", "--json", report.name, *map(str, args)]
         say(" ".join(command))
-        code = subprocess.run(command, check=check, stdout=sys.stderr).returncode
+        code = subprocess.run(command, check=check, stdout=sys.stderr, env=env).returncode
         text = Path(report.name).read_text()
         return (json.loads(text) if text else None), code
 

@@ -1,9 +1,12 @@
-//! `clima-bench`: the raw ceilings `ci/bench` sets clima's figures against.
+//! `clima-bench`: the raw ceilings `ci/bench` sets clima's figures against,
+//! and the probes `ci/experiments` uses.
 //!
-//! Each subcommand drives one service the way its plain client does at its
+//! Most subcommands drive one service the way its plain client does at its
 //! best (pipelined, batched, no per-message round trips) with messages the size
-//! of a clima tweet, and prints one JSON object: what the service can do on
-//! this machine, so that clima's end-to-end rate can be read as a fraction of it.
+//! of a clima tweet, and print JSON lines: what the service can do on this
+//! machine, so that clima's end-to-end rate can be read as a fraction of it.
+//! `hop` compares the API→writer hop's encodings, and `order` taps clima's
+//! brokers during a load.
 
 mod dedupe_memory;
 mod hop;

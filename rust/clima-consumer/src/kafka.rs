@@ -137,6 +137,8 @@ pub async fn run(
         let offsets = next_offsets(&batch);
         if batching.ack == AckTiming::BeforeStore {
             commit(&consumer, &offsets, CommitMode::Sync);
+            // Committed: leaving now (shutdown) must not commit an older batch's offsets back.
+            last_commit = Some(offsets.clone());
         }
         let log = Some(crate::Batch::Log(&broker.topic, &batch.positions));
         if !dead_letter(&dead_letter_producer, &dead_letters.topic, &batch.rejected, &shutdown).await
@@ -151,8 +153,8 @@ pub async fn run(
         skip_counted(&consumer, &broker.topic, &batch, &counted);
         if batching.ack == AckTiming::AfterStore {
             commit(&consumer, &offsets, CommitMode::Async);
+            last_commit = Some(offsets);
         }
-        last_commit = Some(offsets);
     }
     // Async commits may still be queued: make the last one durable before leaving.
     if let Some(offsets) = last_commit {

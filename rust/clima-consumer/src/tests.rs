@@ -264,17 +264,12 @@ fn committed_total(broker: &KafkaArgs, group: &str) -> i64 {
         .sum()
 }
 
-/// With a full store (it refuses every count), a consumer that acks before
-/// the store commits the batch it cannot count (a crash now would lose it),
-/// and one that acks after the store commits nothing (it would be read again).
-#[tokio::test]
-async fn acking_before_the_store_commits_a_batch_it_never_counted() {
+/// A Valkey of the test's own that refuses every write (`maxmemory` 1 byte,
+/// `noeviction`), as a full store does; killed when dropped.
+async fn full_store() -> (clima_testkit::ServerProcess, CounterStore, redis::aio::MultiplexedConnection) {
     use clima_testkit::{ServerProcess, free_port, valkey_server_binary};
-    let broker = kafka_topic("ack-timing");
-    let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
-    sink.publish(&tweets_with_a_duplicate()).await.unwrap();
     let port = free_port();
-    let _valkey = ServerProcess::start(
+    let server = ServerProcess::start(
         &valkey_server_binary(),
         &["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--maxmemory-policy", "noeviction"]
             .map(str::to_owned),
@@ -284,28 +279,61 @@ async fn acking_before_the_store_commits_a_batch_it_never_counted() {
     let store = fresh_store(&url).await;
     let mut admin = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
     let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1).query_async(&mut admin).await.unwrap();
+    (server, store, admin)
+}
+
+/// How many writes `store` refused as out of memory (`INFO errorstats`).
+async fn refused_writes(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("errorstats").query_async(admin).await.unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("errorstat_OOM:count="))
+        .map_or(0, |count| count.trim().parse().unwrap())
+}
+
+/// With a full store (it refuses every count), a consumer that acks before
+/// the store commits the batch it cannot count (a crash now would lose it),
+/// and one that acks after the store commits nothing (it would be read again).
+#[tokio::test]
+async fn acking_before_the_store_commits_a_batch_it_never_counted() {
+    let broker = kafka_topic("ack-timing");
+    let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
+    sink.publish(&tweets_with_a_duplicate()).await.unwrap();
 
     let shutdown = CancellationToken::new();
     let mut consumers = Vec::new();
     for ack in [AckTiming::AfterStore, AckTiming::BeforeStore] {
+        let (server, store, admin) = full_store().await;
         let source = KafkaSourceConfig { group: unique_name("ack-group") };
         let batching = BatchConfig { ack, ..BatchConfig::default() };
-        consumers.push((ack, source.group.clone()));
+        consumers.push((source.group.clone(), server, store.clone(), admin));
         tokio::spawn({
-            let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
+            let (broker, shutdown) = (broker.clone(), shutdown.clone());
             async move { crate::kafka::run(&broker, &source, &batching, &store, shutdown).await }
         });
     }
-    let before_store = &consumers[1].1;
-    let committed = clima_testkit::eventually(Duration::from_secs(30), || async {
-        Some(committed_total(&broker, before_store)).filter(|&total| total > 0)
+    // A blocking call (librdkafka), kept off the runtime the consumers run on.
+    let committed = |group: String| {
+        let broker = broker.clone();
+        async move { tokio::task::spawn_blocking(move || committed_total(&broker, &group)).await.unwrap() }
+    };
+    let before_store_group = consumers[1].0.clone();
+    let before_store = clima_testkit::eventually(Duration::from_secs(30), || {
+        let total = committed(before_store_group.clone());
+        async move { Some(total.await).filter(|&total| total > 0) }
     });
-    assert_eq!(committed.await, Some(1), "acked before the store: its one message committed, never counted");
-    // The other group read the same message by now (both started together);
-    // it keeps retrying the store and must not have committed.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(committed_total(&broker, &consumers[0].1), 0, "acked after the store: nothing committed");
-    assert_eq!(store.read_counts(1).await.unwrap().total, 0, "the full store counted nothing");
+    assert_eq!(before_store.await, Some(1), "acked before the store: its one message committed, never counted");
+    // The other consumer read the message too: its store refused the count
+    // (more than once: it retries), and its group committed nothing.
+    let after_admin = consumers[0].3.clone();
+    let refused = clima_testkit::eventually(Duration::from_secs(30), || {
+        let mut admin = after_admin.clone();
+        async move { Some(refused_writes(&mut admin).await).filter(|&refused| refused >= 2) }
+    });
+    assert!(refused.await.is_some(), "the after-store consumer tried to count");
+    assert_eq!(committed(consumers[0].0.clone()).await, 0, "acked after the store: nothing committed");
+    for (_, _, store, _) in &consumers {
+        assert_eq!(store.read_counts(1).await.unwrap().total, 0, "a full store counts nothing");
+    }
     shutdown.cancel();
 }
 

@@ -239,8 +239,9 @@ struct ArraysReport {
 struct Counted {
     /// Both stores hold exactly the accepted tweets, once each.
     exact: bool,
-    /// This run's tweets in Redis (from Kafka) and in Valkey (from RabbitMQ):
-    /// below `accepted` means lost, above it counted twice.
+    /// This run's tweets in Redis (from Kafka) and in Valkey (from RabbitMQ)
+    /// when the verification ended (both reached `accepted`, or
+    /// `--verify-timeout` passed): below `accepted` means not counted by then.
     redis_total: u64,
     valkey_total: u64,
     /// From the first request until both stores had counted every accepted tweet.
