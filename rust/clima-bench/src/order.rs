@@ -25,7 +25,6 @@ use lapin::{
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
-    message::Headers,
 };
 use serde::Serialize;
 
@@ -167,11 +166,7 @@ async fn read_kafka(
     while as_consumed.tweets < tweets {
         let Ok(message) = tokio::time::timeout_at(deadline, consumer.recv()).await else { break };
         let message = message?;
-        let content_type = message.headers().and_then(|headers| {
-            let header = headers.iter().find(|header| header.key == clima_tweet::envelope::HEADER_CONTENT_TYPE)?;
-            std::str::from_utf8(header.value?).ok()
-        });
-        let records = clima_tweet::envelope::decode(content_type, message.payload().unwrap_or_default())?;
+        let records = clima_consumer::kafka::decode(&message)?;
         messages += 1;
         let partition = partitions.entry(message.partition()).or_default();
         for accepted in records.iter().filter_map(accepted_ns) {
