@@ -8,17 +8,17 @@ use clima_proto::v1::TweetRecord;
 use clima_store::{CounterStore, LogPosition};
 use clima_tweet::envelope;
 use rdkafka::{
-    ClientContext, Message, Offset, Statistics, TopicPartitionList,
+    ClientContext, Message as _, Offset, Statistics, TopicPartitionList,
     consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer},
     message::{BorrowedMessage, Header, Headers, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
 use tokio_util::sync::CancellationToken;
-use tracing::Span;
 
 use crate::{
-    AckTiming, BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored, dead_letter_reason,
-    process_spans, record_received, retry_until_ok,
+    AckTiming, BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, dead_letter_reason, process_spans,
+    retry_until_ok,
+    source::{Content, Message, Source, Tally},
 };
 
 /// librdkafka settings of the consumer that `--kafka-option` may override.
@@ -59,32 +59,52 @@ impl ConsumerContext for LagReporter {}
 
 type TweetConsumer = StreamConsumer<LagReporter>;
 
-/// One polled batch: the records to count with their process spans and
-/// positions in the topic and, per partition, the offset to commit after.
-#[derive(Default)]
-struct Batch {
-    records: Vec<TweetRecord>,
-    spans: Vec<Span>,
-    positions: Vec<LogPosition>,
-    next_offsets: BTreeMap<(String, i32), i64>,
-    rejected: Vec<Rejected>,
-    /// Partitions whose messages were below the store's next offset: the
-    /// consumer seeks there instead of reading what was counted already.
-    behind: BTreeMap<i32, i64>,
-}
-
 /// Each partition's next offset not counted yet, as last read from or
 /// written to the store. Only a shortcut: the store's script is what skips
 /// a message that was counted, even when this is stale.
 type Counted = BTreeMap<i32, i64>;
 
 /// A message that is not a valid clima record, on its way to the dead-letter topic.
-struct Rejected {
+pub struct Rejected {
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
     /// The original headers, kept so the dead letter can be inspected as sent.
     headers: Option<OwnedHeaders>,
-    reason: String,
+}
+
+/// A consumer group member on the tweets topic, with a producer for its
+/// dead-letter topic.
+pub struct KafkaSource {
+    consumer: TweetConsumer,
+    topic: String,
+    dead_letter_producer: FutureProducer,
+    dead_letter_topic: String,
+    counted: Counted,
+    /// Partitions whose messages in the batch being read were below the
+    /// store's next offset: after the batch the consumer seeks there instead
+    /// of reading what was counted already.
+    behind: BTreeMap<i32, i64>,
+    /// The last offsets committed (async after the store): committed again,
+    /// synchronously, when the consumer stops.
+    last_commit: Option<TopicPartitionList>,
+}
+
+/// The store, counting the messages of one topic (keyed by partition and offset).
+pub struct TopicTally<'a> {
+    pub store: &'a CounterStore,
+    pub topic: &'a str,
+}
+
+impl Tally<LogPosition> for TopicTally<'_> {
+    type Error = clima_store::StoreError;
+
+    fn system(&self) -> &'static str {
+        self.store.system()
+    }
+
+    async fn count(&self, records: &[TweetRecord], positions: &[LogPosition]) -> Result<u64, Self::Error> {
+        self.store.count_log_batch(self.topic, records, positions).await
+    }
 }
 
 /// Consumes until `shutdown`; the batch in hand is counted and committed first.
@@ -95,144 +115,191 @@ pub async fn run(
     store: &CounterStore,
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
-    let admin = broker.admin()?;
-    let dead_letters = KafkaArgs { topic: broker.dead_letter_topic(), ..broker.clone() };
-    let topics_ready = || async {
-        broker.ensure_topic(&admin).await?;
-        dead_letters.ensure_topic(&admin).await
-    };
-    if retry_until_ok("creating the kafka topics", &shutdown, topics_ready).await.is_none() {
-        return Ok(());
-    }
-    let dead_letter_producer: FutureProducer =
-        broker.client_config().set("acks", "all").set("enable.idempotence", "true").create()?;
-    let consumer: TweetConsumer = broker
-        .client_config_with_defaults(CONSUMER_DEFAULTS)
-        .set("group.id", &source.group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        // librdkafka's default session timeout (45 s) on purpose: with 10 s,
-        // tansu's group coordinator (sqlite) missed heartbeats under load and
-        // rebalanced over and over after a consumer restart (ci/faults).
-        .set("statistics.interval.ms", "5000")
-        .create_with_context(LagReporter)?;
-    consumer.subscribe(&[&broker.topic])?;
-    let committed = committed_offsets(&consumer, &broker.topic);
-    let positions = || async {
-        store.adopt_log_positions(&broker.topic, &committed).await?;
-        store.log_positions(&broker.topic).await
-    };
-    let Some(mut counted) = retry_until_ok("reading the counted offsets", &shutdown, positions).await else {
-        return Ok(());
-    };
-    forget_offsets_beyond_the_log(&consumer, &broker.topic, store, &mut counted).await;
-    tracing::info!(topic = %broker.topic, group = %source.group, ?counted, "kafka consumer started");
-
-    let mut last_commit = None;
-    loop {
-        let batch = tokio::select! {
-            batch = next_batch(&consumer, batching, &counted) => batch,
-            () = shutdown.cancelled() => break,
-        };
-        let offsets = next_offsets(&batch);
-        if batching.ack == AckTiming::BeforeStore {
-            commit(&consumer, &offsets, CommitMode::Sync);
-            // Committed: leaving now (shutdown) must not commit an older batch's offsets back.
-            last_commit = Some(offsets.clone());
-        }
-        let log = Some(crate::Batch::Log(&broker.topic, &batch.positions));
-        if !dead_letter(&dead_letter_producer, &dead_letters.topic, &batch.rejected, &shutdown).await
-            || !count_until_stored(store, &batch.records, log, &batch.spans, Source::Kafka, &shutdown).await
-        {
-            break;
-        }
-        for position in &batch.positions {
-            let next = counted.entry(position.partition).or_default();
-            *next = (*next).max(position.offset + 1);
-        }
-        skip_counted(&consumer, &broker.topic, &batch, &counted);
-        if batching.ack == AckTiming::AfterStore {
-            commit(&consumer, &offsets, CommitMode::Async);
-            last_commit = Some(offsets);
-        }
-    }
-    // Async commits may still be queued: make the last one durable before leaving.
-    if let Some(offsets) = last_commit {
-        commit(&consumer, &offsets, CommitMode::Sync);
-    }
-    tracing::info!("kafka consumer stopped");
+    let Some(mut source) = KafkaSource::connect(broker, source, store, &shutdown).await? else { return Ok(()) };
+    crate::driver::run(&mut source, &TopicTally { store, topic: &broker.topic }, batching, &shutdown).await;
     Ok(())
 }
 
-/// Waits for at least one message, then takes more for up to the linger time.
-///
-/// Errors that `recv` reports (all brokers down, a broker restarting, a
-/// rebalance) are transient: librdkafka reconnects by itself, so they are
-/// logged and waited out, never allowed to stop the consumer.
-async fn next_batch(consumer: &TweetConsumer, batching: &BatchConfig, counted: &Counted) -> Batch {
-    let mut batch = Batch::default();
-    loop {
-        match consumer.recv().await {
-            Ok(first) => {
-                add(&mut batch, &first, counted);
-                break;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "kafka consumer error; waiting for the broker");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
+impl KafkaSource {
+    /// Creates the topics, joins the group and reads from the store where
+    /// counting left off; `None` if `shutdown` came first.
+    pub async fn connect(
+        broker: &KafkaArgs,
+        source: &KafkaSourceConfig,
+        store: &CounterStore,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Self>, ConsumerError> {
+        let admin = broker.admin()?;
+        let dead_letters = KafkaArgs { topic: broker.dead_letter_topic(), ..broker.clone() };
+        let topics_ready = || async {
+            broker.ensure_topic(&admin).await?;
+            dead_letters.ensure_topic(&admin).await
+        };
+        if retry_until_ok("creating the kafka topics", shutdown, topics_ready).await.is_none() {
+            return Ok(None);
+        }
+        let dead_letter_producer: FutureProducer =
+            broker.client_config().set("acks", "all").set("enable.idempotence", "true").create()?;
+        let consumer: TweetConsumer = broker
+            .client_config_with_defaults(CONSUMER_DEFAULTS)
+            .set("group.id", &source.group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            // librdkafka's default session timeout (45 s) on purpose: with 10 s,
+            // tansu's group coordinator (sqlite) missed heartbeats under load and
+            // rebalanced over and over after a consumer restart (ci/faults).
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(LagReporter)?;
+        consumer.subscribe(&[&broker.topic])?;
+        let committed = committed_offsets(&consumer, &broker.topic);
+        let positions = || async {
+            store.adopt_log_positions(&broker.topic, &committed).await?;
+            store.log_positions(&broker.topic).await
+        };
+        let Some(mut counted) = retry_until_ok("reading the counted offsets", shutdown, positions).await else {
+            return Ok(None);
+        };
+        forget_offsets_beyond_the_log(&consumer, &broker.topic, store, &mut counted).await;
+        tracing::info!(topic = %broker.topic, group = %source.group, ?counted, "kafka consumer started");
+        Ok(Some(Self {
+            consumer,
+            topic: broker.topic.clone(),
+            dead_letter_producer,
+            dead_letter_topic: dead_letters.topic,
+            counted,
+            behind: BTreeMap::new(),
+            last_commit: None,
+        }))
+    }
+
+    fn commit(&self, offsets: &TopicPartitionList, mode: CommitMode) {
+        // A failed commit (e.g. during a rebalance) only means redelivery, which
+        // the store's dedupe absorbs.
+        if let Err(error) = self.consumer.commit(offsets, mode) {
+            tracing::warn!(%error, "offset commit failed; the batch may be redelivered (and not recounted)");
         }
     }
-    let deadline = tokio::time::Instant::now() + batching.linger;
-    while batch.records.len() < batching.max_records {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(message)) => add(&mut batch, &message, counted),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "kafka consumer error; counting the batch so far");
-                break;
-            }
-            Err(_elapsed) => break,
-        }
-    }
-    batch
 }
 
-fn add(batch: &mut Batch, message: &BorrowedMessage<'_>, counted: &Counted) {
-    batch.next_offsets.insert((message.topic().to_owned(), message.partition()), message.offset() + 1);
+impl Source for KafkaSource {
+    const LABEL: &'static str = "kafka";
+    /// Partition and the offset after the message.
+    type Ack = (i32, i64);
+    type Position = LogPosition;
+    type Original = Rejected;
+
+    /// Errors that `recv` reports (all brokers down, a broker restarting, a
+    /// rebalance) are transient: librdkafka reconnects by itself, so they are
+    /// logged and waited out, never returned.
+    async fn next(&mut self) -> Result<Message<Self>, ConsumerError> {
+        loop {
+            match self.consumer.recv().await {
+                Ok(message) => return Ok(classify(&self.counted, &mut self.behind, &message)),
+                Err(error) => {
+                    tracing::warn!(%error, "kafka consumer error; waiting for the broker");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes to the dead-letter topic, retrying until Kafka acknowledges:
+    /// the producer is apart from the consumer, so its failures are waited out.
+    async fn dead_letter(&mut self, original: &Rejected, reason: &str) -> Result<(), ConsumerError> {
+        let send = || async {
+            let headers = original
+                .headers
+                .clone()
+                .unwrap_or_default()
+                .insert(Header { key: DEAD_LETTER_REASON_HEADER, value: Some(reason) });
+            let mut record = FutureRecord::to(&self.dead_letter_topic).payload(&original.payload).headers(headers);
+            if let Some(key) = &original.key {
+                record = record.key(key);
+            }
+            let sent = self.dead_letter_producer.send(record, std::time::Duration::from_secs(10)).await;
+            sent.map(drop).map_err(|(error, _)| error)
+        };
+        let never = CancellationToken::new();
+        retry_until_ok("dead-lettering a kafka message", &never, send).await;
+        Ok(())
+    }
+
+    async fn ack(&mut self, acks: &[(i32, i64)], timing: AckTiming) -> Result<(), ConsumerError> {
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for &(partition, offset) in acks {
+            let entry = next.entry(partition).or_default();
+            *entry = (*entry).max(offset);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (partition, offset) in next {
+            offsets.add_partition_offset(&self.topic, partition, Offset::Offset(offset))?;
+        }
+        // Before the store the commit must be durable before counting starts: that
+        // is the design being measured. After it, async: a lost commit is a redelivery.
+        let mode = if timing == AckTiming::BeforeStore { CommitMode::Sync } else { CommitMode::Async };
+        self.commit(&offsets, mode);
+        self.last_commit = Some(offsets);
+        Ok(())
+    }
+
+    fn counted(&mut self, positions: &[LogPosition]) {
+        for position in positions {
+            let next = self.counted.entry(position.partition).or_default();
+            *next = (*next).max(position.offset + 1);
+        }
+        self.skip_counted(positions);
+    }
+
+    /// librdkafka reconnects by itself, and nothing here returns an error
+    /// that needs more.
+    async fn recover(&mut self, shutdown: &CancellationToken) -> bool {
+        !shutdown.is_cancelled()
+    }
+
+    /// Async commits may still be queued: makes the last one durable.
+    async fn close(&mut self) {
+        if let Some(offsets) = self.last_commit.take() {
+            self.commit(&offsets, CommitMode::Sync);
+        }
+    }
+}
+
+/// What the driver should do with `message`; notes in `behind` a partition
+/// read below the store's next offset.
+fn classify(counted: &Counted, behind: &mut BTreeMap<i32, i64>, message: &BorrowedMessage<'_>) -> Message<KafkaSource> {
+    let ack = (message.partition(), message.offset() + 1);
     if let Some(&next) = counted.get(&message.partition())
         && message.offset() < next
     {
         // Counted before (a renamed group, a reset or expired offset): not even decoded.
-        metrics::counter!("clima_skipped_counted_messages_total", "source" => "kafka").increment(1);
-        batch.behind.insert(message.partition(), next);
-        return;
+        behind.insert(message.partition(), next);
+        return Message { ack, content: Content::CountedBefore };
     }
-    let decoded = decode(message);
-    record_received(Source::Kafka, decoded.as_ref().ok().map(Vec::len));
-    match decoded {
+    let content = match decode(message) {
         Ok(records) => {
             let spans = match message.headers() {
                 Some(headers) => process_spans("kafka", message.topic(), &records, &trace_headers::Extract(headers)),
                 None => process_spans("kafka", message.topic(), &records, &std::collections::HashMap::new()),
             };
-            batch.spans.extend(spans);
-            batch.positions.push(LogPosition {
-                partition: message.partition(),
-                offset: message.offset(),
-                records: records.len(),
-            });
-            batch.records.extend(records);
+            let position =
+                LogPosition { partition: message.partition(), offset: message.offset(), records: records.len() };
+            Content::Tweets { records, spans, position }
         }
-        Err(error) => {
-            tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "invalid message; dead-lettering it");
-            batch.rejected.push(Rejected {
+        Err(error) => Content::Rejected {
+            original: Rejected {
                 key: message.key().map(<[u8]>::to_vec),
                 payload: message.payload().unwrap_or_default().to_vec(),
                 headers: message.headers().map(|headers| headers.detach()),
-                reason: dead_letter_reason(&error),
-            });
-        }
-    }
+            },
+            reason: format!(
+                "{} (partition {}, offset {})",
+                dead_letter_reason(&error),
+                message.partition(),
+                message.offset()
+            ),
+        },
+    };
+    Message { ack, content }
 }
 
 /// The group's committed offset of every partition of `topic` that has one.
@@ -306,65 +373,22 @@ pub fn decode(message: &BorrowedMessage<'_>) -> Result<Vec<TweetRecord>, envelop
     envelope::decode(content_type, message.payload().unwrap_or_default())
 }
 
-/// Moves each partition that was only behind in this batch (none of its
-/// messages were new) to the store's next offset, so what was counted already
-/// is not fetched again. A failed seek costs only reading.
-fn skip_counted(consumer: &TweetConsumer, topic: &str, batch: &Batch, counted: &Counted) {
-    for (&partition, &behind) in &batch.behind {
-        if batch.positions.iter().any(|position| position.partition == partition) {
-            continue;
-        }
-        let next = counted.get(&partition).map_or(behind, |&counted| counted.max(behind));
-        tracing::info!(partition, next, "skipping messages the store counted already");
-        if let Err(error) = consumer.seek(topic, partition, Offset::Offset(next), std::time::Duration::from_secs(1)) {
-            tracing::debug!(%error, partition, "seek failed; counted messages are read and skipped instead");
-        }
-    }
-}
-
-/// Publishes every rejected message to the dead-letter topic (retrying until
-/// Kafka acknowledges); false only on shutdown, so the batch is not committed.
-async fn dead_letter(
-    producer: &FutureProducer,
-    topic: &str,
-    rejected: &[Rejected],
-    shutdown: &CancellationToken,
-) -> bool {
-    for message in rejected {
-        let send = || async {
-            let headers = message
-                .headers
-                .clone()
-                .unwrap_or_else(OwnedHeaders::new)
-                .insert(Header { key: DEAD_LETTER_REASON_HEADER, value: Some(message.reason.as_str()) });
-            let mut record = FutureRecord::to(topic).payload(&message.payload).headers(headers);
-            if let Some(key) = &message.key {
-                record = record.key(key);
+impl KafkaSource {
+    /// Moves each partition that was only behind in this batch (none of its
+    /// messages were new) to the store's next offset, so what was counted already
+    /// is not fetched again. A failed seek costs only reading.
+    fn skip_counted(&mut self, positions: &[LogPosition]) {
+        for (partition, behind) in std::mem::take(&mut self.behind) {
+            if positions.iter().any(|position| position.partition == partition) {
+                continue;
             }
-            producer.send(record, std::time::Duration::from_secs(10)).await.map(drop).map_err(|(error, _)| error)
-        };
-        if retry_until_ok("dead-lettering a kafka message", shutdown, send).await.is_none() {
-            return false;
+            let next = self.counted.get(&partition).map_or(behind, |&counted| counted.max(behind));
+            tracing::info!(partition, next, "skipping messages the store counted already");
+            let seek =
+                self.consumer.seek(&self.topic, partition, Offset::Offset(next), std::time::Duration::from_secs(1));
+            if let Err(error) = seek {
+                tracing::debug!(%error, partition, "seek failed; counted messages are read and skipped instead");
+            }
         }
-        metrics::counter!("clima_dead_lettered_messages_total", "source" => "kafka").increment(1);
-    }
-    true
-}
-
-fn next_offsets(batch: &Batch) -> TopicPartitionList {
-    let mut offsets = TopicPartitionList::new();
-    for ((topic, partition), offset) in &batch.next_offsets {
-        offsets
-            .add_partition_offset(topic, *partition, Offset::Offset(*offset))
-            .expect("an offset from a received message is valid");
-    }
-    offsets
-}
-
-fn commit(consumer: &TweetConsumer, offsets: &TopicPartitionList, mode: CommitMode) {
-    // A failed commit (e.g. during a rebalance) only means redelivery, which
-    // the store's dedupe absorbs.
-    if let Err(error) = consumer.commit(offsets, mode) {
-        tracing::warn!(%error, "offset commit failed; the batch may be redelivered (and not recounted)");
     }
 }

@@ -3,20 +3,23 @@
 //! - [`kafka`]: a consumer group on the tweets topic, counting into Redis.
 //! - [`rabbitmq`]: a manual-ack consumer of the tweets queue, counting into Valkey.
 //!
+//! Both are a [`source::Source`], run by the one loop in [`driver`].
+//!
 //! Both follow the same rule: a batch is acknowledged to its broker (offsets
 //! committed / messages acked) only after the store counted it. A crash in
 //! between means redelivery, and the store counts each tweet id once, so
 //! every tweet is counted exactly once. ([`AckTiming::BeforeStore`] breaks the
 //! rule on purpose, to measure what the other design loses.)
 
+pub mod driver;
 pub mod kafka;
 pub mod rabbitmq;
+pub mod source;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use clima_proto::v1::TweetRecord;
-use clima_store::CounterStore;
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
@@ -77,22 +80,6 @@ pub enum ConsumerError {
     DeadLetterRefused,
 }
 
-/// Which broker a consumer reads (the `source` metric label).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Source {
-    Kafka,
-    RabbitMq,
-}
-
-impl Source {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Kafka => "kafka",
-            Self::RabbitMq => "rabbitmq",
-        }
-    }
-}
-
 /// The process spans of the tweets of one received message: one per traced
 /// record, a child of the creation span the writer left in the record, so every
 /// tweet's trace runs from its HTTP request to its store write, and linked to
@@ -124,80 +111,6 @@ pub(crate) fn process_spans(
             span
         })
         .collect()
-}
-
-/// Which broker messages a batch's records came in, for the store to
-/// recognise a message it counted before.
-#[derive(Clone, Copy)]
-pub(crate) enum Batch<'a> {
-    /// From a Kafka topic: each message's partition and offset.
-    Log(&'a str, &'a [clima_store::LogPosition]),
-    /// From RabbitMQ: each message's id.
-    Delivered(&'a [clima_store::Delivered]),
-}
-
-/// Counts a batch, retrying the store until it succeeds: a batch is never
-/// skipped. Gives up only on shutdown, leaving the batch unacknowledged so the
-/// broker redelivers it to the next consumer.
-///
-/// The batch is one round trip, but each tweet gets its own store span (a
-/// child of its process span, all covering the same round trip) so that the
-/// write shows in every tweet's trace, not only in one of them.
-async fn count_until_stored(
-    store: &CounterStore,
-    records: &[TweetRecord],
-    messages: Option<Batch<'_>>,
-    process_spans: &[Span],
-    source: Source,
-    shutdown: &CancellationToken,
-) -> bool {
-    let system = store.system();
-    let _store_spans: Vec<Span> = process_spans
-        .iter()
-        .map(|parent| {
-            tracing::info_span!(
-                parent: parent,
-                "db.count",
-                otel.name = %format_args!("EVALSHA {system}"),
-                otel.kind = "client",
-                db.system = system,
-                db.system.name = system,
-                db.operation.name = "EVALSHA",
-                db.operation.batch.size = records.len(),
-            )
-        })
-        .collect();
-    let started = Instant::now();
-    let count = || async {
-        let counted = match messages {
-            Some(Batch::Log(topic, positions)) => store.count_log_batch(topic, records, positions).await,
-            Some(Batch::Delivered(delivered)) => store.count_delivered(records, delivered).await,
-            None => store.count_batch(records).await,
-        };
-        if counted.is_err() {
-            metrics::counter!("clima_store_write_failures_total", "store" => system).increment(1);
-        }
-        counted
-    };
-    let Some(new) = retry_until_ok("store write", shutdown, count).await else { return false };
-    metrics::histogram!("clima_store_write_duration_seconds", "store" => system)
-        .record(started.elapsed().as_secs_f64());
-    let source = source.label();
-    metrics::counter!("clima_counted_tweets_total", "source" => source, "store" => system).increment(new);
-    metrics::counter!("clima_duplicate_tweets_total", "source" => source, "store" => system)
-        .increment(records.len() as u64 - new);
-    tracing::debug!(records = records.len(), new, "batch counted");
-    true
-}
-
-/// Counts a message that arrived (with its tweets), and one that is not a valid batch.
-fn record_received(source: Source, tweets: Option<usize>) {
-    metrics::counter!("clima_consumed_messages_total", "source" => source.label()).increment(1);
-    if let Some(tweets) = tweets {
-        metrics::counter!("clima_consumed_tweets_total", "source" => source.label()).increment(tweets as u64);
-    } else {
-        metrics::counter!("clima_rejected_messages_total", "source" => source.label()).increment(1);
-    }
 }
 
 /// Header of a dead-lettered message saying why it was not a valid record.

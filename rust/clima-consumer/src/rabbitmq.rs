@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use clima_broker::rabbitmq::{RabbitMqArgs, trace_headers};
+use clima_proto::v1::TweetRecord;
 use clima_store::{CounterStore, Delivered};
 use clima_tweet::envelope;
 use futures::StreamExt;
@@ -19,8 +20,9 @@ use lapin::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    AckTiming, Batch, BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, Source, count_until_stored,
-    dead_letter_reason, process_spans, record_received, retry_until_ok,
+    AckTiming, BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, dead_letter_reason, process_spans,
+    retry_until_ok,
+    source::{Content, Message, Source, Tally},
 };
 
 /// Where invalid messages of `queue` go: the durable queue `<queue>.dead`.
@@ -33,7 +35,6 @@ struct Channels {
     consume: Channel,
     dead_letters: Channel,
     dead_letter_queue: String,
-    max_deliveries: u64,
 }
 
 /// Default of --rabbitmq-max-deliveries: below RabbitMQ 4's quorum-queue
@@ -85,6 +86,46 @@ fn delivery_count(delivery: &Delivery) -> u64 {
     }
 }
 
+/// A manual-ack consumer of the tweets queue, reconnecting after broker failures.
+pub struct RabbitMqSource {
+    broker: RabbitMqArgs,
+    config: RabbitMqSourceConfig,
+    session: Session,
+}
+
+/// One connection's channels and consumer, and the task reporting the queue's depth.
+struct Session {
+    _connection: lapin::Connection,
+    channels: Channels,
+    consumer: lapin::Consumer,
+    depth: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.depth.abort();
+    }
+}
+
+/// Counts RabbitMQ messages, recognising each by its message id (the unacked journal).
+impl Tally<Delivered> for CounterStore {
+    type Error = clima_store::StoreError;
+
+    fn system(&self) -> &'static str {
+        CounterStore::system(self)
+    }
+
+    async fn count(&self, records: &[TweetRecord], delivered: &[Delivered]) -> Result<u64, Self::Error> {
+        self.count_delivered(records, delivered).await
+    }
+
+    /// Acked: no redelivery can come, so the journal entries can go. Left
+    /// behind (a crash right before this), they only cost memory until they expire.
+    async fn forget_acked(&self, delivered: &[Delivered]) -> Result<(), Self::Error> {
+        CounterStore::forget_acked(self, delivered).await
+    }
+}
+
 /// Consumes until `shutdown`, reconnecting after broker failures; the batch
 /// in hand is counted and acked first.
 pub async fn run(
@@ -94,21 +135,126 @@ pub async fn run(
     store: &CounterStore,
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
-    while !shutdown.is_cancelled() {
-        let Some((_connection, channels, consumer)) =
-            retry_until_ok("connecting to rabbitmq", &shutdown, || subscribe(broker, source)).await
-        else {
-            break;
-        };
+    let Some(mut source) = RabbitMqSource::connect(broker, source, &shutdown).await else { return Ok(()) };
+    crate::driver::run(&mut source, store, batching, &shutdown).await;
+    Ok(())
+}
+
+impl RabbitMqSource {
+    /// Connects and subscribes, retrying until RabbitMQ answers; `None` if
+    /// `shutdown` came first.
+    pub async fn connect(
+        broker: &RabbitMqArgs,
+        config: &RabbitMqSourceConfig,
+        shutdown: &CancellationToken,
+    ) -> Option<Self> {
+        let session = Self::session(broker, config, shutdown).await?;
+        Some(Self { broker: broker.clone(), config: config.clone(), session })
+    }
+
+    async fn session(
+        broker: &RabbitMqArgs,
+        config: &RabbitMqSourceConfig,
+        shutdown: &CancellationToken,
+    ) -> Option<Session> {
+        let (connection, channels, consumer) =
+            retry_until_ok("connecting to rabbitmq", shutdown, || subscribe(broker, config)).await?;
         tracing::info!(queue = %broker.queue, "rabbitmq consumer started");
         let depth = tokio::spawn(report_queue_depth(channels.consume.clone(), broker.queue.clone()));
-        if let Err(error) = consume(&channels, consumer, batching, store, &shutdown).await {
-            tracing::warn!(%error, "rabbitmq consumer lost its channel; reconnecting");
-        }
-        depth.abort();
+        Some(Session { _connection: connection, channels, consumer, depth })
     }
-    tracing::info!("rabbitmq consumer stopped");
-    Ok(())
+}
+
+impl Source for RabbitMqSource {
+    const LABEL: &'static str = "rabbitmq";
+    /// The delivery tag.
+    type Ack = u64;
+    type Position = Delivered;
+    type Original = Delivery;
+
+    async fn next(&mut self) -> Result<Message<Self>, ConsumerError> {
+        let Some(delivery) = self.session.consumer.next().await else { return Err(ConsumerError::StreamEnded) };
+        let delivery = delivery?;
+        let ack = delivery.delivery_tag;
+        let deliveries = delivery_count(&delivery);
+        let max_deliveries = self.config.max_deliveries;
+        if max_deliveries > 0 && deliveries >= max_deliveries {
+            let reason = format!(
+                "delivered {deliveries} times (--rabbitmq-max-deliveries {max_deliveries}): set aside before the \
+                 broker's delivery limit drops it"
+            );
+            return Ok(Message { ack, content: Content::Rejected { original: delivery, reason } });
+        }
+        let content_type = delivery.properties.content_type().as_ref().map(|t| t.as_str());
+        let content = match envelope::decode(content_type, &delivery.data) {
+            Ok(records) => {
+                let headers = trace_headers::Extract(delivery.properties.headers().as_ref());
+                let spans = process_spans("rabbitmq", delivery.exchange.as_str(), &records, &headers);
+                let message_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
+                let position = Delivered { message_id, records: records.len() };
+                Content::Tweets { records, spans, position }
+            }
+            Err(error) => Content::Rejected { reason: dead_letter_reason(&error), original: delivery },
+        };
+        Ok(Message { ack, content })
+    }
+
+    /// Not a clima record, or delivered too often: retrying would fail again, so it
+    /// moves to the dead-letter queue (with the reason in a header, and its own
+    /// properties, so it can be shovelled back as it was), and never blocks the
+    /// queue. The driver acks it with its batch, after RabbitMQ confirmed the
+    /// dead letter (a crash in between dead-letters it twice).
+    async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> Result<(), ConsumerError> {
+        let channels = &self.session.channels;
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        // The broker's own count must not travel: shovelled back, the message would
+        // arrive already "delivered too often". It is kept under our name.
+        if let Some(count) = headers.inner().get("x-delivery-count").cloned() {
+            headers.insert(ORIGINAL_DELIVERY_COUNT_HEADER.into(), count);
+        }
+        let mut headers: FieldTable = headers
+            .inner()
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "x-delivery-count" | "x-acquired-count"))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into();
+        headers.insert(DEAD_LETTER_REASON_HEADER.into(), AMQPValue::LongString(dead_letter_reason(&reason).into()));
+        let properties = delivery.properties.clone().with_delivery_mode(2).with_headers(headers);
+        let confirmation = channels
+            .dead_letters
+            .basic_publish(
+                "".into(),
+                channels.dead_letter_queue.as_str().into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &delivery.data,
+                properties,
+            )
+            .await?
+            .await?;
+        if !confirmation.is_ack() || confirmation.take_message().is_some() {
+            return Err(ConsumerError::DeadLetterRefused);
+        }
+        Ok(())
+    }
+
+    /// One `multiple` ack up to the batch's last delivery tag.
+    async fn ack(&mut self, acks: &[u64], _timing: AckTiming) -> Result<(), ConsumerError> {
+        if let Some(&last) = acks.iter().max() {
+            self.session.channels.consume.basic_ack(last, BasicAckOptions { multiple: true }).await?;
+        }
+        Ok(())
+    }
+
+    async fn recover(&mut self, shutdown: &CancellationToken) -> bool {
+        match Self::session(&self.broker, &self.config, shutdown).await {
+            Some(session) => {
+                self.session = session;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 async fn subscribe(
@@ -133,132 +279,7 @@ async fn subscribe(
             FieldTable::default(),
         )
         .await?;
-    let max_deliveries = source.max_deliveries;
-    Ok((connection, Channels { consume: channel, dead_letters, dead_letter_queue, max_deliveries }, consumer))
-}
-
-async fn consume(
-    channels: &Channels,
-    mut consumer: lapin::Consumer,
-    batching: &BatchConfig,
-    store: &CounterStore,
-    shutdown: &CancellationToken,
-) -> Result<(), ConsumerError> {
-    loop {
-        let first = tokio::select! {
-            delivery = consumer.next() => delivery,
-            () = shutdown.cancelled() => return Ok(()),
-        };
-        let Some(first) = first else {
-            return Err(ConsumerError::StreamEnded);
-        };
-        let mut records = Vec::new();
-        let mut delivered = Vec::new();
-        let mut spans = Vec::new();
-        let mut last_valid_tag = None;
-        let mut delivery = first?;
-        let deadline = tokio::time::Instant::now() + batching.linger;
-        loop {
-            let deliveries = delivery_count(&delivery);
-            if channels.max_deliveries > 0 && deliveries >= channels.max_deliveries {
-                let reason = format!(
-                    "delivered {deliveries} times (--rabbitmq-max-deliveries {}): set aside before the broker's \
-                     delivery limit drops it",
-                    channels.max_deliveries
-                );
-                dead_letter(channels, &delivery, &reason).await?;
-                match tokio::time::timeout_at(deadline, consumer.next()).await {
-                    Ok(Some(next)) => {
-                        delivery = next?;
-                        continue;
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            let content_type = delivery.properties.content_type().as_ref().map(|t| t.as_str());
-            let decoded = envelope::decode(content_type, &delivery.data);
-            record_received(Source::RabbitMq, decoded.as_ref().ok().map(Vec::len));
-            match decoded {
-                Ok(decoded) => {
-                    let headers = trace_headers::Extract(delivery.properties.headers().as_ref());
-                    spans.extend(process_spans("rabbitmq", delivery.exchange.as_str(), &decoded, &headers));
-                    let message_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
-                    delivered.push(Delivered { message_id, records: decoded.len() });
-                    records.extend(decoded);
-                    last_valid_tag = Some(delivery.delivery_tag);
-                }
-                Err(error) => dead_letter(channels, &delivery, &error.to_string()).await?,
-            }
-            if records.len() >= batching.max_records {
-                break;
-            }
-            match tokio::time::timeout_at(deadline, consumer.next()).await {
-                Ok(Some(next)) => delivery = next?,
-                Ok(None) | Err(_) => break,
-            }
-        }
-        let ack_first = batching.ack == AckTiming::BeforeStore;
-        if ack_first && let Some(tag) = last_valid_tag {
-            channels.consume.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
-        }
-        if !count_until_stored(store, &records, Some(Batch::Delivered(&delivered)), &spans, Source::RabbitMq, shutdown)
-            .await
-        {
-            // Shutting down with the batch uncounted: unacked, RabbitMQ redelivers it
-            // (acked before the store, it is lost: what that design gives up).
-            return Ok(());
-        }
-        if let Some(tag) = last_valid_tag {
-            if !ack_first {
-                channels.consume.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
-            }
-            // Acked: no redelivery can come, so the journal entries can go. Left
-            // behind (a crash right here), they only cost memory until they expire.
-            if let Err(error) = store.forget_acked(&delivered).await {
-                tracing::debug!(%error, "acked messages stay in the unacked journal until they expire");
-            }
-        }
-    }
-}
-
-/// Not a clima record, or delivered too often: retrying would fail again, so it
-/// moves to the dead-letter queue (with the reason in a header, and its own
-/// properties, so it can be shovelled back as it was) and is acked, and never
-/// blocks the queue. It is acked only after RabbitMQ confirmed the dead letter.
-async fn dead_letter(channels: &Channels, delivery: &Delivery, reason: &str) -> Result<(), ConsumerError> {
-    tracing::warn!(%reason, delivery_tag = delivery.delivery_tag, "dead-lettering a message");
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    // The broker's own count must not travel: shovelled back, the message would
-    // arrive already "delivered too often". It is kept under our name.
-    if let Some(count) = headers.inner().get("x-delivery-count").cloned() {
-        headers.insert(ORIGINAL_DELIVERY_COUNT_HEADER.into(), count);
-    }
-    let mut headers: FieldTable = headers
-        .inner()
-        .iter()
-        .filter(|(name, _)| !matches!(name.as_str(), "x-delivery-count" | "x-acquired-count"))
-        .map(|(name, value)| (name.clone(), value.clone()))
-        .collect::<std::collections::BTreeMap<_, _>>()
-        .into();
-    headers.insert(DEAD_LETTER_REASON_HEADER.into(), AMQPValue::LongString(dead_letter_reason(&reason).into()));
-    let properties = delivery.properties.clone().with_delivery_mode(2).with_headers(headers);
-    let confirmation = channels
-        .dead_letters
-        .basic_publish(
-            "".into(),
-            channels.dead_letter_queue.as_str().into(),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
-            &delivery.data,
-            properties,
-        )
-        .await?
-        .await?;
-    if !confirmation.is_ack() || confirmation.take_message().is_some() {
-        return Err(ConsumerError::DeadLetterRefused);
-    }
-    channels.consume.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: false }).await?;
-    metrics::counter!("clima_dead_lettered_messages_total", "source" => "rabbitmq").increment(1);
-    Ok(())
+    Ok((connection, Channels { consume: channel, dead_letters, dead_letter_queue }, consumer))
 }
 
 /// Publishes the queue's ready-message count (the consumer's backlog) as a gauge.

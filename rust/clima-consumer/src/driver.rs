@@ -1,0 +1,192 @@
+//! The one consume loop every [`Source`] runs on: batching, dead letters, the
+//! store and its retries, acknowledgements in the configured order, spans and
+//! metrics.
+
+use std::time::Instant;
+
+use clima_proto::v1::TweetRecord;
+use tokio_util::sync::CancellationToken;
+use tracing::Span;
+
+use crate::{
+    AckTiming, BatchConfig, ConsumerError, retry_until_ok,
+    source::{Content, Message, Source, Tally},
+};
+
+/// One batch as received: what to count, dead-letter and acknowledge.
+struct Batch<S: Source> {
+    records: Vec<TweetRecord>,
+    spans: Vec<Span>,
+    positions: Vec<S::Position>,
+    rejected: Vec<(S::Original, String)>,
+    acks: Vec<S::Ack>,
+}
+
+impl<S: Source> Batch<S> {
+    fn new() -> Self {
+        Self { records: Vec::new(), spans: Vec::new(), positions: Vec::new(), rejected: Vec::new(), acks: Vec::new() }
+    }
+
+    fn add(&mut self, message: Message<S>) {
+        match message.content {
+            Content::Tweets { records, spans, position } => {
+                metrics::counter!("clima_consumed_messages_total", "source" => S::LABEL).increment(1);
+                metrics::counter!("clima_consumed_tweets_total", "source" => S::LABEL).increment(records.len() as u64);
+                self.records.extend(records);
+                self.spans.extend(spans);
+                self.positions.push(position);
+            }
+            Content::Rejected { original, reason } => {
+                metrics::counter!("clima_consumed_messages_total", "source" => S::LABEL).increment(1);
+                metrics::counter!("clima_rejected_messages_total", "source" => S::LABEL).increment(1);
+                tracing::warn!(%reason, "invalid message; dead-lettering it");
+                self.rejected.push((original, reason));
+            }
+            Content::CountedBefore => {
+                metrics::counter!("clima_skipped_counted_messages_total", "source" => S::LABEL).increment(1);
+            }
+        }
+        self.acks.push(message.ack);
+    }
+}
+
+/// Consumes `source` into `tally` until `shutdown`. A batch is acknowledged
+/// only once it is settled: its tweets counted and its rejected messages
+/// dead-lettered ([`AckTiming::BeforeStore`] acknowledges before the count, to
+/// measure what that loses). Whatever is in hand at shutdown or at a broker
+/// failure stays unacknowledged, for the broker to deliver again.
+pub async fn run<S: Source, T: Tally<S::Position>>(
+    source: &mut S,
+    tally: &T,
+    batching: &BatchConfig,
+    shutdown: &CancellationToken,
+) {
+    loop {
+        let batch = tokio::select! {
+            batch = fill(source, batching) => batch,
+            () = shutdown.cancelled() => break,
+        };
+        let settled = match batch {
+            Ok(batch) => settle(source, tally, batch, batching.ack, shutdown).await,
+            Err(error) => Err(error),
+        };
+        match settled {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(error) => {
+                tracing::warn!(%error, source = S::LABEL, "broker failed; reconnecting (the batch in hand will be delivered again)");
+                if !source.recover(shutdown).await {
+                    break;
+                }
+            }
+        }
+    }
+    source.close().await;
+    tracing::info!(source = S::LABEL, "consumer stopped");
+}
+
+/// Waits for one message, then takes more until the batch holds
+/// `max_records` tweets or its linger ends (a message's tweets are never
+/// split, so a batch may exceed the size by one message).
+async fn fill<S: Source>(source: &mut S, batching: &BatchConfig) -> Result<Batch<S>, ConsumerError> {
+    let mut batch = Batch::new();
+    batch.add(source.next().await?);
+    let deadline = tokio::time::Instant::now() + batching.linger;
+    while batch.records.len() < batching.max_records {
+        match tokio::time::timeout_at(deadline, source.next()).await {
+            Ok(message) => batch.add(message?),
+            Err(_linger_over) => break,
+        }
+    }
+    Ok(batch)
+}
+
+/// Dead-letters, counts and acknowledges one batch. Ok(false) on shutdown,
+/// with the batch not (or not yet) acknowledged.
+async fn settle<S: Source, T: Tally<S::Position>>(
+    source: &mut S,
+    tally: &T,
+    batch: Batch<S>,
+    ack: AckTiming,
+    shutdown: &CancellationToken,
+) -> Result<bool, ConsumerError> {
+    for (original, reason) in &batch.rejected {
+        tokio::select! {
+            sent = source.dead_letter(original, reason) => sent?,
+            () = shutdown.cancelled() => return Ok(false),
+        }
+        metrics::counter!("clima_dead_lettered_messages_total", "source" => S::LABEL).increment(1);
+    }
+    if ack == AckTiming::BeforeStore {
+        source.ack(&batch.acks, ack).await?;
+    }
+    if !batch.positions.is_empty() {
+        if !count_until_stored::<S, T>(tally, &batch.records, &batch.positions, &batch.spans, shutdown).await {
+            // Uncounted: unacknowledged, the broker delivers it again (acknowledged
+            // before the store, it is lost: what that design gives up).
+            return Ok(false);
+        }
+        source.counted(&batch.positions);
+    }
+    if ack == AckTiming::AfterStore {
+        source.ack(&batch.acks, ack).await?;
+    }
+    if !batch.positions.is_empty()
+        && let Err(error) = tally.forget_acked(&batch.positions).await
+    {
+        // Left behind, what guarded the acknowledged messages only costs memory until it expires.
+        tracing::debug!(%error, "could not drop the acknowledged messages' guard");
+    }
+    Ok(true)
+}
+
+/// Counts a batch, retrying the store until it succeeds: a batch is never
+/// skipped. Gives up only on shutdown, leaving the batch unacknowledged so the
+/// broker redelivers it to the next consumer.
+///
+/// The batch is one round trip, but each tweet gets its own store span (a
+/// child of its process span, all covering the same round trip) so that the
+/// write shows in every tweet's trace, not only in one of them.
+async fn count_until_stored<S: Source, T: Tally<S::Position>>(
+    tally: &T,
+    records: &[TweetRecord],
+    positions: &[S::Position],
+    process_spans: &[Span],
+    shutdown: &CancellationToken,
+) -> bool {
+    let system = tally.system();
+    let _store_spans: Vec<Span> = process_spans
+        .iter()
+        .map(|parent| {
+            tracing::info_span!(
+                parent: parent,
+                "db.count",
+                otel.name = %format_args!("EVALSHA {system}"),
+                otel.kind = "client",
+                db.system = system,
+                db.system.name = system,
+                db.operation.name = "EVALSHA",
+                db.operation.batch.size = records.len(),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    let count = || async {
+        let counted = tally.count(records, positions).await;
+        if counted.is_err() {
+            metrics::counter!("clima_store_write_failures_total", "store" => system).increment(1);
+        }
+        counted
+    };
+    let Some(new) = retry_until_ok("store write", shutdown, count).await else { return false };
+    metrics::histogram!("clima_store_write_duration_seconds", "store" => system)
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("clima_counted_tweets_total", "source" => S::LABEL, "store" => system).increment(new);
+    metrics::counter!("clima_duplicate_tweets_total", "source" => S::LABEL, "store" => system)
+        .increment(records.len() as u64 - new);
+    tracing::debug!(records = records.len(), new, "batch counted");
+    true
+}
+
+#[cfg(test)]
+mod tests;

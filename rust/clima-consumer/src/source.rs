@@ -1,0 +1,94 @@
+//! What a broker must offer the [driver](crate::driver): messages in, and
+//! acknowledgements, dead letters and reconnects out. Everything else
+//! (batching, the store and its retries, spans, metrics, the ack timing) is
+//! the driver's, so Kafka and RabbitMQ implement only what differs.
+
+use std::future::Future;
+
+use clima_proto::v1::TweetRecord;
+use tokio_util::sync::CancellationToken;
+use tracing::Span;
+
+use crate::{AckTiming, ConsumerError};
+
+/// A broker a consumer reads from.
+pub trait Source: Send {
+    /// The `source` label of the consumer's metrics ("kafka", "rabbitmq").
+    const LABEL: &'static str;
+
+    /// What acknowledges one message (Kafka: its partition and next offset;
+    /// RabbitMQ: its delivery tag).
+    type Ack: Send + Sync;
+    /// Where a message sits, for the store to recognise it when it comes again
+    /// (Kafka: partition and offset; RabbitMQ: message id).
+    type Position: Send + Sync;
+    /// A rejected message as received, to dead-letter unchanged.
+    type Original: Send + Sync;
+
+    /// Waits for the next message. Must be cancel-safe: the driver drops it
+    /// when a batch's linger ends and on shutdown. An error ends the batch in
+    /// hand unacknowledged and calls [`Source::recover`].
+    fn next(&mut self) -> impl Future<Output = Result<Message<Self>, ConsumerError>> + Send;
+
+    /// Moves a rejected message to the dead-letter destination, with `reason`;
+    /// returns once the broker has it. The message itself is acknowledged with
+    /// its batch.
+    fn dead_letter(
+        &mut self,
+        original: &Self::Original,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), ConsumerError>> + Send;
+
+    /// Acknowledges every message of a batch (`acks` in the order received),
+    /// `timing` saying whether the store has counted them yet.
+    fn ack(&mut self, acks: &[Self::Ack], timing: AckTiming) -> impl Future<Output = Result<(), ConsumerError>> + Send;
+
+    /// Told after the store counted a batch (Kafka skips ahead with it).
+    fn counted(&mut self, _positions: &[Self::Position]) {}
+
+    /// Reconnects after `next`, `dead_letter` or `ack` failed; false if
+    /// `shutdown` came first.
+    fn recover(&mut self, shutdown: &CancellationToken) -> impl Future<Output = bool> + Send;
+
+    /// Called once when the driver stops (Kafka makes its last commit durable).
+    fn close(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// One received message and what the driver should do with it.
+pub struct Message<S: Source + ?Sized> {
+    pub ack: S::Ack,
+    pub content: Content<S>,
+}
+
+pub enum Content<S: Source + ?Sized> {
+    /// A clima batch: its tweets, their process spans (see
+    /// [`process_spans`](crate::process_spans)) and where the message sits.
+    Tweets { records: Vec<TweetRecord>, spans: Vec<Span>, position: S::Position },
+    /// Not to be counted (not a clima batch, or delivered too often): to the
+    /// dead-letter destination with `reason`.
+    Rejected { original: S::Original, reason: String },
+    /// Counted before (Kafka: below the store's next offset): only acknowledged.
+    CountedBefore,
+}
+
+/// The store as the driver sees it: counts a batch once per message position
+/// and tweet id. [`clima_store::CounterStore`] is the real one.
+pub trait Tally<P>: Sync {
+    type Error: std::fmt::Display + Send;
+
+    /// "redis" or "valkey" (the `store` metric label and the span's `db.system`).
+    fn system(&self) -> &'static str;
+
+    /// Counts `records` (the tweets of the messages at `positions`, in order);
+    /// returns how many were new. Must be idempotent: a retry after a failed
+    /// call, or the same messages again, counts nothing twice.
+    fn count(&self, records: &[TweetRecord], positions: &[P]) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+
+    /// Told after the broker acknowledged counted messages: no redelivery can
+    /// come, so what guarded against one may go.
+    fn forget_acked(&self, _positions: &[P]) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        async { Ok(()) }
+    }
+}
