@@ -7,105 +7,63 @@ pub const DEFAULT_MAX_TWEETS: usize = 10_000;
 /// Default of --max-body-bytes: 4 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-#[derive(Debug, Clone, clap::Args)]
+/// Default of `--writer`: the Kafka writer and the RabbitMQ writer of a local stack.
+pub const DEFAULT_WRITERS: [&str; 2] = ["http://127.0.0.1:50051", "http://127.0.0.1:50052"];
+/// Default of `--writer-timeout`.
+pub const DEFAULT_WRITER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default of `--max-concurrent-requests`.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// Default of `--request-timeout`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `--batch-max-tweets`.
+pub const DEFAULT_BATCH_MAX_TWEETS: usize = 1000;
+/// Default of `--batch-in-flight`.
+pub const DEFAULT_BATCH_IN_FLIGHT: usize = 8;
+
+/// The HTTP ingress: its writers, limits, timeouts and keys. The `clima`
+/// binary's `api` flags say what each field does.
+#[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// gRPC endpoint of a writer (repeatable; env: comma separated). Every
-    /// accepted tweet is sent to every writer. `http://a:50051|http://b:50051`
-    /// names replicas of one writer: calls go to them in turn, skipping one
-    /// that cannot be reached.
-    #[arg(
-        long = "writer",
-        env = "CLIMA_WRITERS",
-        value_delimiter = ',',
-        default_values_t = ["http://127.0.0.1:50051".to_owned(), "http://127.0.0.1:50052".to_owned()]
-    )]
+    /// gRPC endpoints of the writers; `a|b` names replicas of one writer.
     pub writers: Vec<String>,
-
-    /// PEM CA certificate that signed the writers' certificates: talk to the
-    /// writers over TLS (give https:// endpoints).
-    #[arg(long = "writer-tls-ca", env = "CLIMA_WRITER_TLS_CA")]
+    /// PEM CA certificate that signed the writers' certificates (TLS to the writers).
     pub writer_tls_ca: Option<PathBuf>,
-
     /// PEM client certificate presented to the writers (mutual TLS).
-    #[arg(id = "writer_tls_cert", long = "writer-tls-cert", env = "CLIMA_WRITER_TLS_CLIENT_CERT", requires_all = ["writer_tls_key", "writer_tls_ca"])]
     pub writer_tls_cert: Option<PathBuf>,
-
-    /// PEM private key of --writer-tls-cert.
-    #[arg(
-        id = "writer_tls_key",
-        long = "writer-tls-key",
-        env = "CLIMA_WRITER_TLS_CLIENT_KEY",
-        requires = "writer_tls_cert"
-    )]
+    /// PEM private key of `writer_tls_cert`.
     pub writer_tls_key: Option<PathBuf>,
-
-    /// API key the writers require (their --api-key): sent as
-    /// `Authorization: Bearer <key>` on every writer call.
-    #[arg(
-        long = "writer-api-key",
-        env = "CLIMA_WRITER_API_KEY",
-        hide_env_values = true,
-        conflicts_with = "writer_api_key_file"
-    )]
+    /// API key the writers require.
     pub writer_api_key: Option<String>,
-
-    /// File holding --writer-api-key (e.g. a mounted Kubernetes Secret).
-    #[arg(id = "writer_api_key_file", long = "writer-api-key-file", env = "CLIMA_WRITER_API_KEY_FILE")]
+    /// File holding `writer_api_key`.
     pub writer_api_key_file: Option<PathBuf>,
-
     /// How long a writer may take to confirm before the request fails with 503.
-    #[arg(long = "writer-timeout", env = "CLIMA_WRITER_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub writer_timeout: Duration,
-
-    /// Largest request body accepted, in bytes (413 above): room for an array
-    /// of --max-tweets tweets of about 400 bytes each.
-    #[arg(long = "max-body-bytes", env = "CLIMA_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    /// Largest request body accepted, in bytes (413 above).
     pub max_body_bytes: usize,
-
-    /// Requests handled at once; more are answered 503 at once (load shedding)
-    /// instead of queueing without bound.
-    #[arg(long = "max-concurrent-requests", env = "CLIMA_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    /// Requests handled at once; more are answered 503 at once.
     pub max_concurrent_requests: usize,
-
     /// Longest a request may take, body upload included (408 after).
-    #[arg(long = "request-timeout", env = "CLIMA_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
-
-    /// Longest a client may take to send a request's headers; also how long
-    /// an idle keep-alive connection stays open.
-    #[arg(long = "header-read-timeout", env = "CLIMA_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// Longest a client may take to send a request's headers; also the keep-alive idle time.
     pub header_read_timeout: Duration,
-
-    /// Most client connections served at once; more wait in the listen
-    /// backlog. Each open-loop `clima load` request in flight holds one.
-    #[arg(long = "max-connections", env = "CLIMA_MAX_CONNECTIONS", default_value_t = clima_http::DEFAULT_MAX_CONNECTIONS)]
+    /// Most client connections served at once.
     pub max_connections: usize,
-
-    /// API key that POST /input requires (as `Authorization: Bearer <key>` or
-    /// `X-Api-Key: <key>`); none means /input is open.
-    #[arg(long = "api-key", env = "CLIMA_API_KEY", hide_env_values = true, conflicts_with = "api_key_file")]
+    /// API key that POST /input requires; none means open.
     pub api_key: Option<String>,
-
-    /// File holding the API key (e.g. a mounted Kubernetes Secret); surrounding whitespace is ignored.
-    #[arg(id = "api_key_file", long = "api-key-file", env = "CLIMA_API_KEY_FILE")]
+    /// File holding `api_key`.
     pub api_key_file: Option<PathBuf>,
-
-    /// Most tweets accepted in one request (an array). Load clients of the
-    /// reference design send 10,000 at once. Arrays longer than
-    /// --batch-max-tweets go to the writers in several calls.
-    #[arg(long = "max-tweets", env = "CLIMA_MAX_TWEETS", default_value_t = DEFAULT_MAX_TWEETS)]
+    /// Most tweets accepted in one request (an array).
     pub max_tweets: usize,
-
-    /// Most tweets in one writer call (one broker message): concurrent
-    /// requests are sent together up to this many, and a bigger request is
-    /// cut into calls of this many; at most the writers' --max-records.
-    #[arg(long = "batch-max-tweets", env = "CLIMA_BATCH_MAX_TWEETS", default_value_t = 1000)]
+    /// Most tweets in one writer call (one broker message).
     pub batch_max_tweets: usize,
-
-    /// Writer calls in flight at once; while all are busy, new requests wait
-    /// and leave together in the next batch.
-    #[arg(long = "batch-in-flight", env = "CLIMA_BATCH_IN_FLIGHT", default_value_t = 8)]
+    /// Writer calls in flight at once.
     pub batch_in_flight: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self::with_writers(DEFAULT_WRITERS.map(str::to_owned).to_vec())
+    }
 }
 
 impl ApiConfig {
@@ -113,10 +71,10 @@ impl ApiConfig {
     pub fn with_writers(writers: Vec<String>) -> Self {
         Self {
             writers,
-            writer_timeout: Duration::from_secs(2),
+            writer_timeout: DEFAULT_WRITER_TIMEOUT,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_concurrent_requests: 1024,
-            request_timeout: Duration::from_secs(10),
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             header_read_timeout: clima_http::DEFAULT_HEADER_READ_TIMEOUT,
             max_connections: clima_http::DEFAULT_MAX_CONNECTIONS,
             api_key: None,
@@ -127,8 +85,8 @@ impl ApiConfig {
             writer_tls_cert: None,
             writer_tls_key: None,
             max_tweets: DEFAULT_MAX_TWEETS,
-            batch_max_tweets: 1000,
-            batch_in_flight: 8,
+            batch_max_tweets: DEFAULT_BATCH_MAX_TWEETS,
+            batch_in_flight: DEFAULT_BATCH_IN_FLIGHT,
         }
     }
 

@@ -23,7 +23,11 @@ use axum::{
 };
 use tokio::net::TcpListener;
 
-pub use config::ApiConfig;
+pub use config::{
+    ApiConfig, DEFAULT_BATCH_IN_FLIGHT, DEFAULT_BATCH_MAX_TWEETS, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_TWEETS, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WRITER_TIMEOUT,
+    DEFAULT_WRITERS,
+};
 pub use error::ApiError;
 pub use writers::Writers;
 

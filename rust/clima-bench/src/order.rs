@@ -12,8 +12,8 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clima_broker::{
-    kafka::KafkaArgs,
-    rabbitmq::{ROUTING_KEY, RabbitMqArgs},
+    kafka::KafkaConfig,
+    rabbitmq::{ROUTING_KEY, RabbitMqConfig},
 };
 use clima_proto::v1::TweetRecord;
 use futures::StreamExt;
@@ -30,10 +30,18 @@ use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[command(flatten)]
-    kafka: KafkaArgs,
-    #[command(flatten)]
-    rabbitmq: RabbitMqArgs,
+    /// Kafka bootstrap servers of the stack.
+    #[arg(long, default_value = clima_broker::kafka::DEFAULT_BROKERS)]
+    kafka_brokers: String,
+    /// clima's tweets topic.
+    #[arg(long, default_value = clima_broker::kafka::DEFAULT_TOPIC)]
+    kafka_topic: String,
+    /// AMQP URL of the stack's RabbitMQ.
+    #[arg(long, default_value = clima_broker::rabbitmq::DEFAULT_URL)]
+    amqp_url: String,
+    /// clima's tweets exchange.
+    #[arg(long, default_value = clima_broker::rabbitmq::DEFAULT_EXCHANGE)]
+    rabbitmq_exchange: String,
     /// Stop once this many tweets came from each broker.
     #[arg(long)]
     tweets: u64,
@@ -123,8 +131,10 @@ fn accepted_ns(record: &TweetRecord) -> Option<i128> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let kafka = kafka_tap(&args.kafka).await?;
-    let (_connection, rabbitmq) = rabbitmq_tap(&args.rabbitmq).await?;
+    let kafka = KafkaConfig { brokers: args.kafka_brokers, topic: args.kafka_topic, ..KafkaConfig::default() };
+    let rabbitmq = RabbitMqConfig { url: args.amqp_url, exchange: args.rabbitmq_exchange, ..RabbitMqConfig::default() };
+    let kafka = kafka_tap(&kafka).await?;
+    let (_connection, rabbitmq) = rabbitmq_tap(&rabbitmq).await?;
     std::fs::write(&args.ready_file, b"listening\n").context("writing the ready file")?;
     let deadline = tokio::time::Instant::now() + args.timeout;
     let (kafka, rabbitmq) =
@@ -137,7 +147,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// A reader of no group on every partition of the topic, from its end now.
-async fn kafka_tap(kafka: &KafkaArgs) -> anyhow::Result<StreamConsumer> {
+async fn kafka_tap(kafka: &KafkaConfig) -> anyhow::Result<StreamConsumer> {
     let consumer: StreamConsumer = kafka
         .client_config()
         .set("group.id", format!("clima-bench-order-{}", uuid::Uuid::now_v7().simple()))
@@ -186,7 +196,7 @@ async fn read_kafka(
 
 /// A private queue bound to the tweets exchange with clima's routing key: it
 /// gets a copy of every message, in the order the exchange routed them.
-async fn rabbitmq_tap(rabbitmq: &RabbitMqArgs) -> anyhow::Result<(lapin::Connection, lapin::Consumer)> {
+async fn rabbitmq_tap(rabbitmq: &RabbitMqConfig) -> anyhow::Result<(lapin::Connection, lapin::Consumer)> {
     let connection = rabbitmq.connect("clima-bench-order").await?;
     let channel = connection.create_channel().await?;
     rabbitmq.declare_topology(&channel).await?;

@@ -11,37 +11,50 @@ use rdkafka::{
 
 use crate::BrokerError;
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct KafkaArgs {
-    /// Kafka bootstrap servers, comma separated host:port.
-    #[arg(long = "kafka-brokers", env = "CLIMA_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+/// Default of `--kafka-brokers`.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+/// Default of `--kafka-topic`.
+pub const DEFAULT_TOPIC: &str = "tweets-clima";
+/// Default of `--kafka-partitions`.
+pub const DEFAULT_PARTITIONS: i32 = 3;
+/// Default of `--kafka-replication-factor`.
+pub const DEFAULT_REPLICATION_FACTOR: i32 = 1;
+
+/// How to reach a Kafka cluster and which topic carries tweets (the `clima`
+/// binary's `--kafka-*` flags).
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated host:port.
     pub brokers: String,
-
-    /// Topic that carries tweets.
-    #[arg(long = "kafka-topic", env = "CLIMA_KAFKA_TOPIC", default_value = "tweets-clima")]
+    /// The topic that carries tweets.
     pub topic: String,
-
     /// Partitions of the topic when clima has to create it.
-    #[arg(long = "kafka-partitions", env = "CLIMA_KAFKA_PARTITIONS", default_value_t = 3)]
     pub partitions: i32,
-
     /// Replication factor of the topic when clima has to create it.
-    #[arg(long = "kafka-replication-factor", env = "CLIMA_KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
     pub replication_factor: i32,
-
-    /// Extra librdkafka property as key=value (repeatable; env: comma separated),
-    /// e.g. security.protocol=SASL_SSL.
-    #[arg(long = "kafka-option", env = "CLIMA_KAFKA_OPTIONS", hide_env_values = true, value_delimiter = ',', value_parser = parse_key_value)]
+    /// Extra librdkafka properties, over clima's own.
     pub options: Vec<(String, String)>,
 }
 
-impl KafkaArgs {
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: DEFAULT_BROKERS.to_owned(),
+            topic: DEFAULT_TOPIC.to_owned(),
+            partitions: DEFAULT_PARTITIONS,
+            replication_factor: DEFAULT_REPLICATION_FACTOR,
+            options: Vec::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
     /// librdkafka settings common to every clima client of this cluster.
     pub fn client_config(&self) -> ClientConfig {
         self.client_config_with_defaults(&[])
     }
 
-    /// [`KafkaArgs::client_config`] over clima's own `defaults`, which a
+    /// [`KafkaConfig::client_config`] over clima's own `defaults`, which a
     /// `--kafka-option` of the same key overrides.
     pub fn client_config_with_defaults(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
@@ -55,7 +68,7 @@ impl KafkaArgs {
         config
     }
 
-    /// An admin client for [`KafkaArgs::ensure_topic`].
+    /// An admin client for [`KafkaConfig::ensure_topic`].
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, BrokerError> {
         Ok(self.client_config().create()?)
     }
@@ -93,13 +106,13 @@ pub struct Acl {
     pub operations: &'static [&'static str],
 }
 
-impl KafkaArgs {
+impl KafkaConfig {
     /// Where invalid messages of the topic go: `<topic>.dlq`.
     pub fn dead_letter_topic(&self) -> String {
         format!("{}.dlq", self.topic)
     }
 
-    /// The writer: creates the topic if missing ([`KafkaArgs::ensure_topic`]:
+    /// The writer: creates the topic if missing ([`KafkaConfig::ensure_topic`]:
     /// CreateTopics is authorized before the broker looks whether it exists)
     /// and produces to it, idempotently by default.
     pub fn writer_acls(&self) -> Vec<Acl> {
@@ -125,7 +138,8 @@ impl KafkaArgs {
     }
 }
 
-fn parse_key_value(pair: &str) -> Result<(String, String), String> {
+/// A `--kafka-option` value: `key=value`, trimmed, with a non-empty key.
+pub fn parse_key_value(pair: &str) -> Result<(String, String), String> {
     pair.split_once('=')
         .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
         .filter(|(key, _)| !key.is_empty())
@@ -134,11 +148,11 @@ fn parse_key_value(pair: &str) -> Result<(String, String), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{KafkaArgs, parse_key_value};
+    use super::{KafkaConfig, parse_key_value};
 
     #[test]
     fn options_override_clima_defaults() {
-        let args = KafkaArgs {
+        let args = KafkaConfig {
             brokers: "kafka:9092".into(),
             topic: "t".into(),
             partitions: 1,

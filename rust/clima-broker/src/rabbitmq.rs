@@ -11,42 +11,49 @@ use crate::BrokerError;
 /// Routing key of tweet messages on the exchange.
 pub const ROUTING_KEY: &str = "tweet";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// The type of the queue clima declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueueType {
     /// Raft-replicated; the durable choice, and faster with confirms here.
+    #[default]
     Quorum,
     /// Single-node classic queue.
     Classic,
 }
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct RabbitMqArgs {
-    /// AMQP 0.9.1 URL of RabbitMQ (credentials included; guest/guest is for local development only).
-    #[arg(
-        id = "amqp_url",
-        long = "amqp-url",
-        value_name = "URL",
-        env = "CLIMA_AMQP_URL",
-        hide_env_values = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_default_value = true
-    )]
+/// Default of `--amqp-url` (guest/guest is for local development only).
+pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Default of `--rabbitmq-exchange`.
+pub const DEFAULT_EXCHANGE: &str = "tweets-clima";
+/// Default of `--rabbitmq-queue`.
+pub const DEFAULT_QUEUE: &str = "tweets-clima";
+
+/// How to reach RabbitMQ and the topology tweets travel through (the
+/// `clima` binary's `--amqp-url` and `--rabbitmq-*` flags).
+#[derive(Debug, Clone)]
+pub struct RabbitMqConfig {
+    /// AMQP 0.9.1 URL, credentials included.
     pub url: String,
-
-    /// Exchange tweets are published to.
-    #[arg(long = "rabbitmq-exchange", env = "CLIMA_RABBITMQ_EXCHANGE", default_value = "tweets-clima")]
+    /// The exchange tweets are published to.
     pub exchange: String,
-
-    /// Queue bound to the exchange, consumed by the RabbitMQ consumer.
-    #[arg(long = "rabbitmq-queue", env = "CLIMA_RABBITMQ_QUEUE", default_value = "tweets-clima")]
+    /// The queue bound to the exchange, consumed by the RabbitMQ consumer.
     pub queue: String,
-
-    /// Type of the queue when clima declares it.
-    #[arg(long = "rabbitmq-queue-type", env = "CLIMA_RABBITMQ_QUEUE_TYPE", value_enum, default_value_t = QueueType::Quorum)]
+    /// The type of the queue when clima declares it.
     pub queue_type: QueueType,
 }
 
-impl RabbitMqArgs {
+impl Default for RabbitMqConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_URL.to_owned(),
+            exchange: DEFAULT_EXCHANGE.to_owned(),
+            queue: DEFAULT_QUEUE.to_owned(),
+            queue_type: QueueType::default(),
+        }
+    }
+}
+
+impl RabbitMqConfig {
     /// Opens a connection named after the clima service using it (shown in the management UI).
     pub async fn connect(&self, connection_name: &str) -> Result<Connection, BrokerError> {
         let properties = ConnectionProperties::default().with_connection_name(connection_name.into());

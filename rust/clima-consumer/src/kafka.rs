@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use clima_broker::kafka::{KafkaArgs, trace_headers};
+use clima_broker::kafka::{KafkaConfig, trace_headers};
 use clima_proto::v1::TweetRecord;
 use clima_store::{CounterStore, LogPosition};
 use clima_tweet::envelope;
@@ -31,11 +31,20 @@ use crate::{
 /// unindexed database (ci/infra-up), and the 30-minute soak held at 50 ms.
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[("fetch.wait.max.ms", "50")];
 
-#[derive(Debug, Clone, clap::Args)]
+/// Default of `--kafka-group`.
+pub const DEFAULT_GROUP: &str = "clima-consumer";
+
+/// The consumer's part of the Kafka settings.
+#[derive(Debug, Clone)]
 pub struct KafkaSourceConfig {
     /// Consumer group id; consumers of one group share the topic's partitions.
-    #[arg(long = "kafka-group", env = "CLIMA_KAFKA_GROUP", default_value = "clima-consumer")]
     pub group: String,
+}
+
+impl Default for KafkaSourceConfig {
+    fn default() -> Self {
+        Self { group: DEFAULT_GROUP.to_owned() }
+    }
 }
 
 /// Publishes librdkafka's per-partition consumer lag as a gauge.
@@ -109,7 +118,7 @@ impl Tally<LogPosition> for TopicTally<'_> {
 
 /// Consumes until `shutdown`; the batch in hand is counted and committed first.
 pub async fn run(
-    broker: &KafkaArgs,
+    broker: &KafkaConfig,
     source: &KafkaSourceConfig,
     batching: &BatchConfig,
     store: &CounterStore,
@@ -124,13 +133,13 @@ impl KafkaSource {
     /// Creates the topics, joins the group and reads from the store where
     /// counting left off; `None` if `shutdown` came first.
     pub async fn connect(
-        broker: &KafkaArgs,
+        broker: &KafkaConfig,
         source: &KafkaSourceConfig,
         store: &CounterStore,
         shutdown: &CancellationToken,
     ) -> Result<Option<Self>, ConsumerError> {
         let admin = broker.admin()?;
-        let dead_letters = KafkaArgs { topic: broker.dead_letter_topic(), ..broker.clone() };
+        let dead_letters = KafkaConfig { topic: broker.dead_letter_topic(), ..broker.clone() };
         let topics_ready = || async {
             broker.ensure_topic(&admin).await?;
             dead_letters.ensure_topic(&admin).await

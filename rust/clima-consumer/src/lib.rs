@@ -23,42 +23,36 @@ use clima_proto::v1::TweetRecord;
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
-#[derive(Debug, Clone, clap::Args)]
+/// Default of `--batch-size`.
+pub const DEFAULT_BATCH_SIZE: usize = 500;
+/// Default of `--batch-linger`.
+pub const DEFAULT_BATCH_LINGER: Duration = Duration::from_millis(10);
+
+/// How a consumer groups messages into store round trips, and when it acknowledges them.
+#[derive(Debug, Clone)]
 pub struct BatchConfig {
     /// Most tweets counted in one store round trip (a message's tweets are
     /// never split, so a batch may exceed it by one message).
-    #[arg(
-        id = "batch_size",
-        long = "batch-size",
-        value_name = "TWEETS",
-        env = "CLIMA_CONSUMER_BATCH_SIZE",
-        default_value_t = 500
-    )]
     pub max_records: usize,
-
     /// How long to wait for more messages once a batch has its first one.
-    #[arg(long = "batch-linger", env = "CLIMA_CONSUMER_BATCH_LINGER", default_value = "10ms", value_parser = humantime::parse_duration)]
     pub linger: Duration,
-
-    /// When a batch is acknowledged to the broker: after the store counted it
-    /// (exactly once), or before (at most once: a crash in between loses the
-    /// batch; only for measuring that design, ci/experiments).
-    #[arg(long = "ack", env = "CLIMA_CONSUMER_ACK", value_enum, default_value_t = AckTiming::AfterStore)]
+    /// When a batch is acknowledged to the broker.
     pub ack: AckTiming,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_records: 500, linger: Duration::from_millis(10), ack: AckTiming::AfterStore }
+        Self { max_records: DEFAULT_BATCH_SIZE, linger: DEFAULT_BATCH_LINGER, ack: AckTiming::default() }
     }
 }
 
 /// When a consumer acknowledges a batch (Kafka: commits its offsets; RabbitMQ:
 /// acks its messages), relative to the store's count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AckTiming {
     /// After the store counted the batch. A crash in between means
     /// redelivery, which the store counts once: nothing lost, nothing twice.
+    #[default]
     AfterStore,
     /// Before the store counts it, as a consumer with auto-commit or auto-ack
     /// does. A crash in between loses the batch: the broker will not deliver

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use clima_broker::rabbitmq::{RabbitMqArgs, trace_headers};
+use clima_broker::rabbitmq::{RabbitMqConfig, trace_headers};
 use clima_proto::v1::TweetRecord;
 use clima_store::{CounterStore, Delivered};
 use clima_tweet::envelope;
@@ -45,31 +45,22 @@ pub const DEFAULT_MAX_DELIVERIES: u64 = 10;
 /// Where a dead letter keeps the broker's `x-delivery-count` it had.
 pub const ORIGINAL_DELIVERY_COUNT_HEADER: &str = "clima-original-delivery-count";
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct RabbitMqSourceConfig {
-    /// Unacknowledged messages RabbitMQ may push to this consumer (basic.qos);
-    /// bounds its memory. Each message is a batch of up to the writer's --max-records tweets.
-    #[arg(long = "rabbitmq-prefetch", env = "CLIMA_RABBITMQ_PREFETCH", default_value_t = 64)]
-    pub prefetch: u16,
+/// Default of `--rabbitmq-prefetch`.
+pub const DEFAULT_PREFETCH: u16 = 64;
 
-    /// A message delivered this many times (its quorum-queue `x-delivery-count`)
-    /// goes to the dead-letter queue instead of being counted: one that keeps
-    /// crashing consumers stops looping, and it is kept, where the broker's
-    /// own limit (20 in RabbitMQ 4) would drop it. 0: no limit of our own.
-    /// Every consumer crash or restart is a delivery of each message it held
-    /// unacked, so keep room for incidents below 20.
-    #[arg(
-        long = "rabbitmq-max-deliveries",
-        env = "CLIMA_RABBITMQ_MAX_DELIVERIES",
-        default_value_t = DEFAULT_MAX_DELIVERIES,
-        value_parser = clap::value_parser!(u64).range(0..20)
-    )]
+/// The consumer's part of the RabbitMQ settings.
+#[derive(Debug, Clone)]
+pub struct RabbitMqSourceConfig {
+    /// Unacknowledged messages RabbitMQ may push to this consumer (basic.qos).
+    pub prefetch: u16,
+    /// Deliveries (`x-delivery-count`) after which a message is dead-lettered
+    /// instead of counted; 0: no limit of our own. Below 20 (RabbitMQ 4's own limit).
     pub max_deliveries: u64,
 }
 
 impl Default for RabbitMqSourceConfig {
     fn default() -> Self {
-        Self { prefetch: 64, max_deliveries: DEFAULT_MAX_DELIVERIES }
+        Self { prefetch: DEFAULT_PREFETCH, max_deliveries: DEFAULT_MAX_DELIVERIES }
     }
 }
 
@@ -88,7 +79,7 @@ fn delivery_count(delivery: &Delivery) -> u64 {
 
 /// A manual-ack consumer of the tweets queue, reconnecting after broker failures.
 pub struct RabbitMqSource {
-    broker: RabbitMqArgs,
+    broker: RabbitMqConfig,
     config: RabbitMqSourceConfig,
     session: Session,
 }
@@ -129,7 +120,7 @@ impl Tally<Delivered> for CounterStore {
 /// Consumes until `shutdown`, reconnecting after broker failures; the batch
 /// in hand is counted and acked first.
 pub async fn run(
-    broker: &RabbitMqArgs,
+    broker: &RabbitMqConfig,
     source: &RabbitMqSourceConfig,
     batching: &BatchConfig,
     store: &CounterStore,
@@ -144,7 +135,7 @@ impl RabbitMqSource {
     /// Connects and subscribes, retrying until RabbitMQ answers; `None` if
     /// `shutdown` came first.
     pub async fn connect(
-        broker: &RabbitMqArgs,
+        broker: &RabbitMqConfig,
         config: &RabbitMqSourceConfig,
         shutdown: &CancellationToken,
     ) -> Option<Self> {
@@ -153,7 +144,7 @@ impl RabbitMqSource {
     }
 
     async fn session(
-        broker: &RabbitMqArgs,
+        broker: &RabbitMqConfig,
         config: &RabbitMqSourceConfig,
         shutdown: &CancellationToken,
     ) -> Option<Session> {
@@ -258,7 +249,7 @@ impl Source for RabbitMqSource {
 }
 
 async fn subscribe(
-    broker: &RabbitMqArgs,
+    broker: &RabbitMqConfig,
     source: &RabbitMqSourceConfig,
 ) -> Result<(lapin::Connection, Channels, lapin::Consumer), ConsumerError> {
     let connection = broker.connect("clima-consumer").await?;

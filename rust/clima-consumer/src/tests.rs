@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use clima_broker::{
-    kafka::KafkaArgs,
-    rabbitmq::{QueueType, RabbitMqArgs},
+    kafka::KafkaConfig,
+    rabbitmq::{QueueType, RabbitMqConfig},
 };
 use clima_proto::v1::{TweetRecord, Weather};
 use clima_store::{CounterStore, Counts, KeySchema, Retention};
@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{AckTiming, BatchConfig, kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
 
 /// A topic of its own, two partitions, on the local broker.
-fn kafka_topic(kind: &str) -> KafkaArgs {
-    KafkaArgs {
+fn kafka_topic(kind: &str) -> KafkaConfig {
+    KafkaConfig {
         brokers: kafka_brokers(),
         topic: unique_name(kind),
         partitions: 2,
@@ -114,7 +114,7 @@ async fn kafka_to_redis_counts_once_dead_letters_poison_and_commits() {
     consumer.await.unwrap().unwrap();
 }
 
-async fn publish_raw_kafka(broker: &KafkaArgs, payload: &[u8]) {
+async fn publish_raw_kafka(broker: &KafkaConfig, payload: &[u8]) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = broker.client_config().create().unwrap();
     producer.send(FutureRecord::<(), _>::to(&broker.topic).payload(payload), Duration::from_secs(10)).await.unwrap();
@@ -123,7 +123,7 @@ async fn publish_raw_kafka(broker: &KafkaArgs, payload: &[u8]) {
 #[tokio::test]
 async fn rabbitmq_to_valkey_counts_once_dead_letters_poison_and_acks() {
     let name = unique_name("consumer-queue");
-    let broker = RabbitMqArgs { url: amqp_url(), exchange: name.clone(), queue: name, queue_type: QueueType::Quorum };
+    let broker = RabbitMqConfig { url: amqp_url(), exchange: name.clone(), queue: name, queue_type: QueueType::Quorum };
     let sink = RabbitMqSink::new(broker.clone(), RabbitMqSinkConfig::default());
     sink.publish(&tweets_with_a_duplicate()).await.unwrap();
     let connection = broker.connect("clima-test").await.unwrap();
@@ -187,7 +187,7 @@ async fn rabbitmq_to_valkey_counts_once_dead_letters_poison_and_acks() {
 #[tokio::test]
 async fn a_message_delivered_too_often_is_dead_lettered_with_its_id_not_dropped() {
     let name = unique_name("redelivered");
-    let broker = RabbitMqArgs { url: amqp_url(), exchange: name.clone(), queue: name, queue_type: QueueType::Quorum };
+    let broker = RabbitMqConfig { url: amqp_url(), exchange: name.clone(), queue: name, queue_type: QueueType::Quorum };
     let sink = RabbitMqSink::new(broker.clone(), RabbitMqSinkConfig::default());
     sink.publish(&tweets_with_a_duplicate()).await.unwrap();
     let connection = broker.connect("clima-test").await.unwrap();
@@ -246,7 +246,7 @@ async fn a_message_delivered_too_often_is_dead_lettered_with_its_id_not_dropped(
 }
 
 /// The group's committed offsets on `topic`, summed over its partitions (0 if none).
-fn committed_total(broker: &KafkaArgs, group: &str) -> i64 {
+fn committed_total(broker: &KafkaConfig, group: &str) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let reader: BaseConsumer = broker.client_config().set("group.id", group).create().unwrap();
     let mut partitions = rdkafka::TopicPartitionList::new();

@@ -10,5 +10,5 @@ pub mod server;
 pub mod service;
 pub mod sinks;
 
-pub use server::{ServeError, ServerConfig, serve, serve_reporting};
+pub use server::{DEFAULT_HEALTH_INTERVAL, DEFAULT_MAX_RECORDS, ServeError, ServerConfig, serve, serve_reporting};
 pub use sinks::{Sink, SinkError};

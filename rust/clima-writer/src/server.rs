@@ -10,44 +10,35 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{Sink, service::Writer};
 
-#[derive(Debug, Clone, clap::Args)]
+/// Default of `--max-records`.
+pub const DEFAULT_MAX_RECORDS: usize = 1000;
+/// Default of `--health-interval`.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The writer's gRPC server: limits, health checks, TLS and its API key.
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Most records accepted in one Publish request.
-    #[arg(long = "max-records", env = "CLIMA_WRITER_MAX_RECORDS", default_value_t = 1000)]
     pub max_records: usize,
-
     /// How often the broker connection is checked for the health service.
-    #[arg(long = "health-interval", env = "CLIMA_WRITER_HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
-
     /// PEM certificate chain the writer presents: serve gRPC over TLS.
-    #[arg(id = "tls_cert", long = "tls-cert", env = "CLIMA_WRITER_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
-
-    /// PEM private key of --tls-cert.
-    #[arg(id = "tls_key", long = "tls-key", env = "CLIMA_WRITER_TLS_KEY", requires = "tls_cert")]
+    /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
-
     /// PEM CA certificate that must have signed every client's certificate (mutual TLS).
-    #[arg(long = "tls-client-ca", env = "CLIMA_WRITER_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
-
-    /// API key every Publish call must present (`authorization: Bearer <key>`
-    /// or `x-api-key` metadata; the API's --writer-api-key); none means open.
-    /// Health and reflection stay open, for probes and grpcurl.
-    #[arg(long = "api-key", env = "CLIMA_WRITER_API_KEY", hide_env_values = true, conflicts_with = "api_key_file")]
+    /// API key every Publish call must present; none means open.
     pub api_key: Option<String>,
-
-    /// File holding --api-key (e.g. a mounted Kubernetes Secret).
-    #[arg(id = "api_key_file", long = "api-key-file", env = "CLIMA_WRITER_API_KEY_FILE")]
+    /// File holding the API key.
     pub api_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            max_records: 1000,
-            health_interval: Duration::from_secs(5),
+            max_records: DEFAULT_MAX_RECORDS,
+            health_interval: DEFAULT_HEALTH_INTERVAL,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,

@@ -1,6 +1,7 @@
 //! `clima`: every Tweets del Clima service in one binary, a subcommand each.
 
 mod commands;
+mod flags;
 mod sampling;
 mod shutdown;
 mod telemetry;
@@ -80,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Load(args) => commands::load::run(args).await,
         Command::Stats(args) => commands::stats::run(args).await,
         Command::Recount(args) => commands::recount::run(args).await,
-        Command::KafkaAcls(args) => commands::kafka_acls::run(&args),
+        Command::KafkaAcls(args) => commands::kafka_acls::run(args),
     };
     if let Err(error) = &result {
         tracing::error!("{error:#}");
@@ -146,6 +147,7 @@ mod tests {
         }
         let api = super::Cli::try_parse_from(["clima", "api"]).unwrap();
         let super::Command::Api(args) = api.command else { panic!("not the api") };
-        assert_eq!(args.config.writers.len(), 2, "{:?}", args.config.writers);
+        let config = clima_api::ApiConfig::from(args.config);
+        assert_eq!(config.writers.len(), 2, "{:?}", config.writers);
     }
 }

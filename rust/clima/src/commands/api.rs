@@ -1,10 +1,9 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use clima_api::ApiConfig;
 use tokio::net::{TcpListener, TcpSocket};
 
-use crate::{shutdown, telemetry};
+use crate::{flags::ApiFlags, shutdown, telemetry};
 
 #[derive(Debug, clap::Args)]
 pub struct ApiArgs {
@@ -28,7 +27,7 @@ pub struct ApiArgs {
     pub(crate) trust_client_sampling: bool,
 
     #[command(flatten)]
-    pub(crate) config: ApiConfig,
+    pub(crate) config: ApiFlags,
 }
 
 fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
@@ -50,6 +49,6 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         &shutdown,
     )
     .await?;
-    clima_api::serve(listener, args.config, async move { shutdown.cancelled().await }).await?;
+    clima_api::serve(listener, args.config.into(), async move { shutdown.cancelled().await }).await?;
     Ok(())
 }

@@ -2,11 +2,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
-use clima_broker::{kafka::KafkaArgs, rabbitmq::RabbitMqArgs};
-use clima_consumer::{BatchConfig, kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
 use clima_store::{CounterStore, KeySchema, Retention};
 
-use crate::{shutdown, telemetry};
+use crate::{
+    flags::{BatchFlags, KafkaFlags, KafkaSourceFlags, RabbitMqFlags, RabbitMqSourceFlags},
+    shutdown, telemetry,
+};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum SourceKind {
@@ -29,17 +30,17 @@ pub struct ConsumerArgs {
     store: StoreArgs,
 
     #[command(flatten, next_help_heading = "Batching")]
-    batching: BatchConfig,
+    batching: BatchFlags,
 
     #[command(flatten, next_help_heading = "Kafka")]
-    kafka: KafkaArgs,
+    kafka: KafkaFlags,
     #[command(flatten, next_help_heading = "Kafka")]
-    kafka_source: KafkaSourceConfig,
+    kafka_source: KafkaSourceFlags,
 
     #[command(flatten, next_help_heading = "RabbitMQ")]
-    rabbitmq: RabbitMqArgs,
+    rabbitmq: RabbitMqFlags,
     #[command(flatten, next_help_heading = "RabbitMQ")]
-    rabbitmq_source: RabbitMqSourceConfig,
+    rabbitmq_source: RabbitMqSourceFlags,
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,13 +120,15 @@ pub async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
     };
     tracing::info!(store = %args.source.store_name(), prefix = %args.store.key_prefix, "store connected");
 
+    let batching = args.batching.into();
     match args.source {
         SourceKind::Kafka => {
-            clima_consumer::kafka::run(&args.kafka, &args.kafka_source, &args.batching, &store, shutdown).await?
+            let (broker, source) = (args.kafka.into(), args.kafka_source.into());
+            clima_consumer::kafka::run(&broker, &source, &batching, &store, shutdown).await?
         }
         SourceKind::Rabbitmq => {
-            clima_consumer::rabbitmq::run(&args.rabbitmq, &args.rabbitmq_source, &args.batching, &store, shutdown)
-                .await?
+            let (broker, source) = (args.rabbitmq.into(), args.rabbitmq_source.into());
+            clima_consumer::rabbitmq::run(&broker, &source, &batching, &store, shutdown).await?
         }
     }
     Ok(())

@@ -3,20 +3,24 @@
 //! JSON). `ci/check_k8s.py` runs it with each overlay's settings and proves the
 //! KafkaUser grants every one of them.
 
-use clima_broker::kafka::{Acl, AclResource, KafkaArgs};
+use clima_broker::kafka::{Acl, AclResource, KafkaConfig};
 use clima_consumer::kafka::KafkaSourceConfig;
+
+use crate::flags::{KafkaFlags, KafkaSourceFlags};
 
 #[derive(Debug, clap::Args)]
 pub struct KafkaAclsArgs {
     #[command(flatten)]
-    kafka: KafkaArgs,
+    kafka: KafkaFlags,
     #[command(flatten)]
-    kafka_source: KafkaSourceConfig,
+    kafka_source: KafkaSourceFlags,
 }
 
-pub fn run(args: &KafkaAclsArgs) -> anyhow::Result<()> {
-    let mut acls = args.kafka.writer_acls();
-    acls.extend(args.kafka.consumer_acls(&args.kafka_source.group));
+pub fn run(args: KafkaAclsArgs) -> anyhow::Result<()> {
+    let kafka = KafkaConfig::from(args.kafka);
+    let source = KafkaSourceConfig::from(args.kafka_source);
+    let mut acls = kafka.writer_acls();
+    acls.extend(kafka.consumer_acls(&source.group));
     println!("{}", serde_json::to_string_pretty(&merged(acls))?);
     Ok(())
 }

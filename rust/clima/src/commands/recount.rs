@@ -11,7 +11,9 @@ use std::{
 };
 
 use anyhow::Context;
-use clima_broker::kafka::KafkaArgs;
+use clima_broker::kafka::KafkaConfig;
+
+use crate::flags::KafkaFlags;
 use clima_store::{CounterStore, Counts, KeySchema, Retention};
 use rdkafka::{
     Message, Offset, TopicPartitionList,
@@ -21,7 +23,7 @@ use rdkafka::{
 #[derive(Debug, clap::Args)]
 pub struct RecountArgs {
     #[command(flatten)]
-    kafka: KafkaArgs,
+    kafka: KafkaFlags,
 
     /// The store the Kafka consumer counts into (Redis).
     #[arg(
@@ -54,14 +56,14 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(args: RecountArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let topic = args.kafka.topic.clone();
+    let kafka = KafkaConfig::from(args.kafka.clone());
+    let topic = kafka.topic.clone();
     let live = CounterStore::connect(&args.store_url, KeySchema::new(&args.key_prefix), Retention::default())
         .await
         .context("connecting to the store")?;
     // A consumer of no group: assigned every partition from its start, it
     // commits nothing and leaves the consumers' offsets alone.
-    let consumer: BaseConsumer = args
-        .kafka
+    let consumer: BaseConsumer = kafka
         .client_config()
         .set("group.id", format!("clima-recount-{}", uuid::Uuid::now_v7().simple()))
         .set("enable.auto.commit", "false")

@@ -1,14 +1,13 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use clima_broker::{kafka::KafkaArgs, rabbitmq::RabbitMqArgs};
-use clima_writer::{
-    ServerConfig,
-    sinks::{KafkaSink, RabbitMqSink, kafka::KafkaSinkConfig, rabbitmq::RabbitMqSinkConfig},
-};
+use clima_writer::sinks::{KafkaSink, RabbitMqSink};
 use tokio::net::TcpListener;
 
-use crate::{shutdown, telemetry};
+use crate::{
+    flags::{KafkaFlags, KafkaSinkFlags, RabbitMqFlags, RabbitMqSinkFlags, WriterServerFlags},
+    shutdown, telemetry,
+};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum SinkKind {
@@ -30,17 +29,17 @@ pub struct WriterArgs {
     admin: telemetry::AdminArgs,
 
     #[command(flatten)]
-    server: ServerConfig,
+    server: WriterServerFlags,
 
     #[command(flatten, next_help_heading = "Kafka")]
-    kafka: KafkaArgs,
+    kafka: KafkaFlags,
     #[command(flatten, next_help_heading = "Kafka")]
-    kafka_sink: KafkaSinkConfig,
+    kafka_sink: KafkaSinkFlags,
 
     #[command(flatten, next_help_heading = "RabbitMQ")]
-    rabbitmq: RabbitMqArgs,
+    rabbitmq: RabbitMqFlags,
     #[command(flatten, next_help_heading = "RabbitMQ")]
-    rabbitmq_sink: RabbitMqSinkConfig,
+    rabbitmq_sink: RabbitMqSinkFlags,
 }
 
 impl WriterArgs {
@@ -67,12 +66,12 @@ pub async fn run(args: WriterArgs) -> anyhow::Result<()> {
     let shutdown = async move { shutdown.cancelled().await };
     match args.sink {
         SinkKind::Kafka => {
-            let sink = KafkaSink::new(args.kafka, args.kafka_sink)?;
-            clima_writer::serve_reporting(listener, sink, args.server, readiness, shutdown).await?;
+            let sink = KafkaSink::new(args.kafka.into(), args.kafka_sink.into())?;
+            clima_writer::serve_reporting(listener, sink, args.server.into(), readiness, shutdown).await?;
         }
         SinkKind::Rabbitmq => {
-            let sink = RabbitMqSink::new(args.rabbitmq, args.rabbitmq_sink);
-            clima_writer::serve_reporting(listener, sink, args.server, readiness, shutdown).await?;
+            let sink = RabbitMqSink::new(args.rabbitmq.into(), args.rabbitmq_sink.into());
+            clima_writer::serve_reporting(listener, sink, args.server.into(), readiness, shutdown).await?;
         }
     }
     Ok(())

@@ -2,8 +2,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use clima_api::ApiConfig;
 use clima_broker::{
-    kafka::KafkaArgs,
-    rabbitmq::{QueueType, RabbitMqArgs},
+    kafka::KafkaConfig,
+    rabbitmq::{QueueType, RabbitMqConfig},
 };
 use clima_consumer::{BatchConfig, kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
 use clima_store::{CounterStore, Counts, KeySchema, Retention};
@@ -48,14 +48,14 @@ fn writer_config() -> ServerConfig {
 impl TestStack {
     pub async fn spawn() -> Self {
         let name = unique_name("e2e");
-        let kafka = KafkaArgs {
+        let kafka = KafkaConfig {
             brokers: kafka_brokers(),
             topic: name.clone(),
             partitions: 3,
             replication_factor: 1,
             options: Vec::new(),
         };
-        let rabbitmq = RabbitMqArgs {
+        let rabbitmq = RabbitMqConfig {
             url: amqp_url(),
             exchange: name.clone(),
             queue: name.clone(),

@@ -3,7 +3,7 @@
 //! published exactly once.
 
 use clima_api::ApiConfig;
-use clima_broker::rabbitmq::{QueueType, RabbitMqArgs};
+use clima_broker::rabbitmq::{QueueType, RabbitMqConfig};
 use clima_testkit::{amqp_url, unique_name};
 use clima_writer::{
     ServerConfig,
@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use crate::helpers::post_json;
 
 /// A RabbitMQ writer publishing to an exchange and queue of its own; its endpoint.
-async fn writer(broker: RabbitMqArgs) -> String {
+async fn writer(broker: RabbitMqConfig) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let sink = RabbitMqSink::new(broker, RabbitMqSinkConfig::default());
@@ -24,10 +24,10 @@ async fn writer(broker: RabbitMqArgs) -> String {
 
 #[tokio::test]
 async fn an_api_spreads_one_brokers_calls_over_its_writer_replicas() {
-    let brokers: Vec<RabbitMqArgs> = (0..2)
+    let brokers: Vec<RabbitMqConfig> = (0..2)
         .map(|_| {
             let name = unique_name("replica");
-            RabbitMqArgs { url: amqp_url(), exchange: name.clone(), queue: name, queue_type: QueueType::Quorum }
+            RabbitMqConfig { url: amqp_url(), exchange: name.clone(), queue: name, queue_type: QueueType::Quorum }
         })
         .collect();
     // A replica that is down (nothing listens there) must cost no request.

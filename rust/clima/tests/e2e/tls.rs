@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use clima_api::ApiConfig;
-use clima_broker::rabbitmq::{QueueType, RabbitMqArgs};
+use clima_broker::rabbitmq::{QueueType, RabbitMqConfig};
 use clima_dashboard::{Access, StoreReader, Stores};
 use clima_proto::v1::{
     GetStatsRequest, PublishRequest, Tweet, TweetRecord, Weather, stats_service_client::StatsServiceClient,
@@ -46,7 +46,7 @@ async fn mutual_tls_writer(stack: &TestStack, pki: &TestPki) -> String {
 
 /// A RabbitMQ writer for `stack`'s exchange with `config`; its address.
 async fn rabbitmq_writer(stack: &TestStack, config: ServerConfig) -> SocketAddr {
-    let broker = RabbitMqArgs {
+    let broker = RabbitMqConfig {
         url: amqp_url(),
         exchange: stack.name.clone(),
         queue: stack.name.clone(),

@@ -6,5 +6,7 @@ mod sink;
 #[cfg(test)]
 mod tests;
 
-pub use config::KafkaSinkConfig;
+pub use config::{
+    DEFAULT_COMPRESSION, DEFAULT_DELIVERY_TIMEOUT, DEFAULT_LINGER, DEFAULT_MAX_MESSAGE_BYTES, KafkaSinkConfig,
+};
 pub use sink::KafkaSink;

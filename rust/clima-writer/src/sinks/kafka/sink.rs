@@ -1,6 +1,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clima_broker::kafka::{KafkaArgs, trace_headers};
+use clima_broker::kafka::{KafkaConfig, trace_headers};
 use clima_proto::v1::TweetRecord;
 use clima_tweet::envelope;
 use futures::future::try_join_all;
@@ -19,7 +19,7 @@ use super::KafkaSinkConfig;
 use crate::{Sink, SinkError};
 
 pub struct KafkaSink {
-    broker: KafkaArgs,
+    broker: KafkaConfig,
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     /// Set once the topic is known to exist: producing to a missing topic
@@ -31,7 +31,7 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// Creates the producer; it connects in the background, so this does not
     /// wait for the broker (see [`Sink::check`]).
-    pub fn new(broker: KafkaArgs, config: KafkaSinkConfig) -> Result<Self, SinkError> {
+    pub fn new(broker: KafkaConfig, config: KafkaSinkConfig) -> Result<Self, SinkError> {
         let producer = broker
             .client_config()
             // Durability: every in-sync replica has the record before it is acked,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use clima_broker::kafka::KafkaArgs;
+use clima_broker::kafka::KafkaConfig;
 use clima_proto::v1::{TweetRecord, Weather};
 use clima_testkit::{kafka_brokers, record, unique_name};
 use clima_tweet::envelope;
@@ -15,8 +15,8 @@ use rdkafka::{
 use super::{KafkaSink, KafkaSinkConfig};
 use crate::Sink;
 
-fn broker(topic: &str) -> KafkaArgs {
-    KafkaArgs {
+fn broker(topic: &str) -> KafkaConfig {
+    KafkaConfig {
         brokers: kafka_brokers(),
         topic: topic.to_owned(),
         partitions: 2,

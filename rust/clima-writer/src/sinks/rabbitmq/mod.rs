@@ -5,5 +5,5 @@ mod sink;
 #[cfg(test)]
 mod tests;
 
-pub use config::RabbitMqSinkConfig;
+pub use config::{DEFAULT_CONFIRM_TIMEOUT, RabbitMqSinkConfig};
 pub use sink::RabbitMqSink;

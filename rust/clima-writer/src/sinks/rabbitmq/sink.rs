@@ -1,4 +1,4 @@
-use clima_broker::rabbitmq::{ROUTING_KEY, RabbitMqArgs, trace_headers};
+use clima_broker::rabbitmq::{ROUTING_KEY, RabbitMqConfig, trace_headers};
 use clima_proto::v1::TweetRecord;
 use clima_tweet::envelope;
 use lapin::{
@@ -16,7 +16,7 @@ use crate::{Sink, SinkError};
 const PERSISTENT: u8 = 2;
 
 pub struct RabbitMqSink {
-    broker: RabbitMqArgs,
+    broker: RabbitMqConfig,
     config: RabbitMqSinkConfig,
     /// The open connection and its confirm-mode channel; replaced after a
     /// failure, on the next publish or health check.
@@ -30,7 +30,7 @@ struct Link {
 
 impl RabbitMqSink {
     /// Does not connect yet: the first publish or [`Sink::check`] does.
-    pub fn new(broker: RabbitMqArgs, config: RabbitMqSinkConfig) -> Self {
+    pub fn new(broker: RabbitMqConfig, config: RabbitMqSinkConfig) -> Self {
         Self { broker, config, link: Mutex::new(None) }
     }
 

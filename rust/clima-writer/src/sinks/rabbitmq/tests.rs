@@ -1,6 +1,6 @@
 //! Against the real RabbitMQ of the local stack.
 
-use clima_broker::rabbitmq::{QueueType, RabbitMqArgs};
+use clima_broker::rabbitmq::{QueueType, RabbitMqConfig};
 use clima_proto::v1::Weather;
 use clima_testkit::{amqp_url, record, unique_name};
 use clima_tweet::envelope;
@@ -12,9 +12,9 @@ use lapin::{
 use super::{RabbitMqSink, RabbitMqSinkConfig};
 use crate::{Sink, SinkError};
 
-fn broker() -> RabbitMqArgs {
+fn broker() -> RabbitMqConfig {
     let name = unique_name("rabbitmq-sink");
-    RabbitMqArgs { url: amqp_url(), exchange: name.clone(), queue: name, queue_type: QueueType::Quorum }
+    RabbitMqConfig { url: amqp_url(), exchange: name.clone(), queue: name, queue_type: QueueType::Quorum }
 }
 
 #[tokio::test]
