@@ -14,6 +14,9 @@ mod input;
 mod observe;
 mod writers;
 
+#[cfg(test)]
+mod routes_tests;
+
 use std::{convert::Infallible, future::Future, sync::Arc};
 
 use axum::{

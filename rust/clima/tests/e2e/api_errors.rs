@@ -8,8 +8,11 @@ use crate::helpers::{TestStack, post_json};
 
 const TWEET: &str = r#"{"description":"Está lloviendo","country":"GT","weather":"Lluvioso"}"#;
 
+/// Each 4xx is covered without services in clima-api's `routes_tests`; this
+/// sends a few through the real listener and stack and proves that none of
+/// them is counted anywhere.
 #[tokio::test]
-async fn bad_requests_get_json_errors_that_name_the_problem() {
+async fn bad_requests_get_json_errors_and_are_counted_nowhere() {
     let stack = TestStack::spawn().await;
     let client = reqwest::Client::new();
     let url = format!("{}/input", stack.api);
@@ -25,30 +28,12 @@ async fn bad_requests_get_json_errors_that_name_the_problem() {
     assert_eq!(status, 413, "{answer}");
     assert_eq!(answer["error"], "payload_too_large");
 
-    let too_many = format!("[{}]", vec![TWEET; 10_001].join(","));
-    let (status, _) = post_json(&client, &url, &too_many).await;
-    assert_eq!(status, 413);
-
+    // One bad tweet rejects its whole array, the valid one with it.
     let (status, answer) = stack.post_input(r#"[{"description":"a","country":"GT","weather":"Soleado"},{"description":"b","country":"GTM","weather":"Soleado"}]"#).await;
     assert_eq!(
         (status, answer["error"].as_str(), answer["field"].as_str()),
         (422, Some("invalid_tweet"), Some("[1].country"))
     );
-
-    let (status, answer) = stack.post_input(r#"{"description":"a","country":["GT"],"weather":"Soleado"}"#).await;
-    assert_eq!(
-        (status, answer["error"].as_str(), answer["field"].as_str()),
-        (400, Some("invalid_json"), Some("country"))
-    );
-
-    let invalid_utf8 = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(b"{\"description\":\"\xff\",\"country\":\"GT\",\"weather\":\"Soleado\"}".to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(invalid_utf8.status().as_u16(), 400);
 
     let (redis, valkey) = stack.counted(0).await;
     assert_eq!((redis.total, valkey.total), (0, 0), "rejected requests are counted nowhere");
