@@ -9,6 +9,7 @@ import ast
 import json
 import re
 import subprocess
+import tomllib
 
 import jsonschema
 import yaml
@@ -839,4 +840,25 @@ def build_files(root):
                 if not rustc_env or f'"{name}"' not in rustc_env.group(1):
                     problems.append(f"{build.relative_to(root)}: a test reads {name} with env!() at compile time, "
                                     "but only rustc_env sets it then (env = {...} is for run time)")
+        problems += _workspace_deps(build)
+    return problems
+
+
+def _workspace_deps(build):
+    """crate_universe's all_crate_deps() brings a crate's crates.io dependencies, but the workspace's
+    own crates are listed by hand: each one Cargo.toml names must be in BUILD.bazel, or Bazel cannot
+    compile the crate (`use clima_x` unresolved)."""
+    manifest = tomllib.loads((build.parent / "Cargo.toml").read_text())
+    text = build.read_text()
+    listed = set(re.findall(r'"//rust/(clima[a-z-]*)"', text))
+    # clima_crate(deps = ["clima-x"], dev_deps = [...]) names them without the //rust/ prefix.
+    for field in ("deps", "dev_deps"):
+        for group in re.findall(rf"\b{field} = \[([^\]]*)\]", text):
+            listed |= set(re.findall(r'"(clima[a-z-]*)"', group))
+    problems = []
+    for table in ("dependencies", "dev-dependencies"):
+        for crate in sorted(name for name in manifest.get(table, {}) if name.startswith("clima")):
+            if crate not in listed:
+                problems.append(f"{build.relative_to(build.parents[2])}: Cargo.toml's [{table}] has {crate}, "
+                                "which BUILD.bazel does not list: Bazel would not find it")
     return problems

@@ -119,8 +119,7 @@ async fn dispatch(
 }
 
 async fn publish_batch(writers: &Writers, batch: Vec<Pending>, tweets: usize) {
-    metrics::histogram!("clima_api_batch_tweets").record(tweets as f64);
-    metrics::histogram!("clima_api_batch_requests").record(batch.len() as f64);
+    clima_telemetry::events::api_batch_sent(tweets, batch.len());
     let mut records = Vec::with_capacity(tweets);
     let mut spans = Vec::with_capacity(batch.len());
     let mut answers = Vec::with_capacity(batch.len());

@@ -21,8 +21,8 @@ use naming::{NamedInput, Naming};
 pub(crate) async fn post_input(State(state): State<AppState>, request: Request) -> Result<impl IntoResponse, ApiError> {
     let result = accept_input(&state, request).await;
     match &result {
-        Ok(ids) => metrics::counter!("clima_tweets_accepted_total").increment(ids.len() as u64),
-        Err(error) => metrics::counter!("clima_input_errors_total", "error" => error.code()).increment(1),
+        Ok(ids) => clima_telemetry::events::tweets_accepted(ids.len()),
+        Err(error) => clima_telemetry::events::input_rejected(error.code()),
     }
     let ids = result?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": ids.len(), "ids": ids }))))

@@ -59,8 +59,6 @@ pub(crate) async fn observe(route: Option<MatchedPath>, request: Request, next: 
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
-    let labels = [("method", method.to_string()), ("route", route), ("status", status.as_u16().to_string())];
-    metrics::counter!("http_server_requests_total", &labels).increment(1);
-    metrics::histogram!("http_server_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    clima_telemetry::events::http_request_served(method.as_str(), &route, status.as_u16(), started.elapsed());
     response
 }

@@ -122,10 +122,7 @@ impl Replica {
         if code != tonic::Code::Ok {
             span.record("otel.status_code", "ERROR");
         }
-        let labels =
-            [("method", "Publish".to_owned()), ("target", self.endpoint.clone()), ("code", format!("{code:?}"))];
-        metrics::counter!("grpc_client_requests_total", &labels).increment(1);
-        metrics::histogram!("grpc_client_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+        clima_telemetry::events::grpc_request_made("Publish", &self.endpoint, code, started.elapsed());
         result.map(drop).map_err(|status| (self.endpoint.as_str(), status))
     }
 }

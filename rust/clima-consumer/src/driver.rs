@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use clima_proto::v1::TweetRecord;
+use clima_telemetry::events;
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
@@ -30,20 +31,18 @@ impl<S: Source> Batch<S> {
     fn add(&mut self, message: Message<S>) {
         match message.content {
             Content::Tweets { records, spans, position } => {
-                metrics::counter!("clima_consumed_messages_total", "source" => S::LABEL).increment(1);
-                metrics::counter!("clima_consumed_tweets_total", "source" => S::LABEL).increment(records.len() as u64);
+                events::message_consumed(S::BROKER, records.len());
                 self.records.extend(records);
                 self.spans.extend(spans);
                 self.positions.push(position);
             }
             Content::Rejected { original, reason } => {
-                metrics::counter!("clima_consumed_messages_total", "source" => S::LABEL).increment(1);
-                metrics::counter!("clima_rejected_messages_total", "source" => S::LABEL).increment(1);
+                events::message_rejected(S::BROKER);
                 tracing::warn!(%reason, "invalid message; dead-lettering it");
                 self.rejected.push((original, reason));
             }
             Content::CountedBefore => {
-                metrics::counter!("clima_skipped_counted_messages_total", "source" => S::LABEL).increment(1);
+                events::counted_message_skipped(S::BROKER);
             }
         }
         self.acks.push(message.ack);
@@ -74,7 +73,7 @@ pub async fn run<S: Source, T: Tally<S::Position>>(
             Ok(true) => {}
             Ok(false) => break,
             Err(error) => {
-                tracing::warn!(%error, source = S::LABEL, "broker failed; reconnecting (the batch in hand will be delivered again)");
+                tracing::warn!(%error, source = S::BROKER.as_str(), "broker failed; reconnecting (the batch in hand will be delivered again)");
                 if !source.recover(shutdown).await {
                     break;
                 }
@@ -82,7 +81,7 @@ pub async fn run<S: Source, T: Tally<S::Position>>(
         }
     }
     source.close().await;
-    tracing::info!(source = S::LABEL, "consumer stopped");
+    tracing::info!(source = S::BROKER.as_str(), "consumer stopped");
 }
 
 /// Waits for one message, then takes more until the batch holds
@@ -115,7 +114,7 @@ async fn settle<S: Source, T: Tally<S::Position>>(
             sent = source.dead_letter(original, reason) => sent?,
             () = shutdown.cancelled() => return Ok(false),
         }
-        metrics::counter!("clima_dead_lettered_messages_total", "source" => S::LABEL).increment(1);
+        events::dead_lettered(S::BROKER);
     }
     if ack == AckTiming::BeforeStore {
         source.ack(&batch.acks, ack).await?;
@@ -154,7 +153,8 @@ async fn count_until_stored<S: Source, T: Tally<S::Position>>(
     process_spans: &[Span],
     shutdown: &CancellationToken,
 ) -> bool {
-    let system = tally.system();
+    let store = tally.store();
+    let system = store.as_str();
     let _store_spans: Vec<Span> = process_spans
         .iter()
         .map(|parent| {
@@ -174,16 +174,12 @@ async fn count_until_stored<S: Source, T: Tally<S::Position>>(
     let count = || async {
         let counted = tally.count(records, positions).await;
         if counted.is_err() {
-            metrics::counter!("clima_store_write_failures_total", "store" => system).increment(1);
+            events::store_write_failed(store);
         }
         counted
     };
     let Some(new) = retry_until_ok("store write", shutdown, count).await else { return false };
-    metrics::histogram!("clima_store_write_duration_seconds", "store" => system)
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!("clima_counted_tweets_total", "source" => S::LABEL, "store" => system).increment(new);
-    metrics::counter!("clima_duplicate_tweets_total", "source" => S::LABEL, "store" => system)
-        .increment(records.len() as u64 - new);
+    events::batch_counted(S::BROKER, store, new, records.len() as u64 - new, started.elapsed());
     tracing::debug!(records = records.len(), new, "batch counted");
     true
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use clima_broker::kafka::{KafkaConfig, trace_headers};
 use clima_proto::v1::TweetRecord;
 use clima_store::{CounterStore, LogPosition};
+use clima_telemetry::events::{self, Broker, Store};
 use clima_tweet::envelope;
 use rdkafka::{
     ClientContext, Message as _, Offset, Statistics, TopicPartitionList,
@@ -56,8 +57,7 @@ impl ClientContext for LagReporter {
             for (partition, stats) in &topic.partitions {
                 // -1 is librdkafka's internal "unassigned" partition; lag -1 means unknown yet.
                 if *partition >= 0 && stats.consumer_lag >= 0 {
-                    metrics::gauge!("clima_consumer_lag_messages", "source" => "kafka", "partition" => partition.to_string())
-                        .set(stats.consumer_lag as f64);
+                    events::consumer_lag(Broker::Kafka, Some(*partition), stats.consumer_lag as u64);
                 }
             }
         }
@@ -107,7 +107,7 @@ pub struct TopicTally<'a> {
 impl Tally<LogPosition> for TopicTally<'_> {
     type Error = clima_store::StoreError;
 
-    fn system(&self) -> &'static str {
+    fn store(&self) -> Store {
         self.store.system()
     }
 
@@ -191,7 +191,7 @@ impl KafkaSource {
 }
 
 impl Source for KafkaSource {
-    const LABEL: &'static str = "kafka";
+    const BROKER: Broker = Broker::Kafka;
     /// Partition and the offset after the message.
     type Ack = (i32, i64);
     type Position = LogPosition;
@@ -287,8 +287,10 @@ fn classify(counted: &Counted, behind: &mut BTreeMap<i32, i64>, message: &Borrow
     let content = match decode(message) {
         Ok(records) => {
             let spans = match message.headers() {
-                Some(headers) => process_spans("kafka", message.topic(), &records, &trace_headers::Extract(headers)),
-                None => process_spans("kafka", message.topic(), &records, &std::collections::HashMap::new()),
+                Some(headers) => {
+                    process_spans(Broker::Kafka, message.topic(), &records, &trace_headers::Extract(headers))
+                }
+                None => process_spans(Broker::Kafka, message.topic(), &records, &std::collections::HashMap::new()),
             };
             let position =
                 LogPosition { partition: message.partition(), offset: message.offset(), records: records.len() };

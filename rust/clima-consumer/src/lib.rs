@@ -80,7 +80,7 @@ pub enum ConsumerError {
 /// the message's publish span (its context is in the message headers). Untraced
 /// records (tracing off upstream) get none and cost nothing.
 pub(crate) fn process_spans(
-    system: &'static str,
+    broker: clima_telemetry::events::Broker,
     destination: &str,
     records: &[TweetRecord],
     message_headers: &dyn opentelemetry::propagation::Extractor,
@@ -94,7 +94,7 @@ pub(crate) fn process_spans(
                 "messaging.process",
                 otel.name = %format_args!("process {destination}"),
                 otel.kind = "consumer",
-                messaging.system = system,
+                messaging.system = broker.as_str(),
                 messaging.destination.name = %destination,
                 messaging.operation.type = "process",
                 messaging.operation.name = "process",

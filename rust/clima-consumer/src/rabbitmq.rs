@@ -6,6 +6,7 @@ use std::time::Duration;
 use clima_broker::rabbitmq::{RabbitMqConfig, trace_headers};
 use clima_proto::v1::TweetRecord;
 use clima_store::{CounterStore, Delivered};
+use clima_telemetry::events::{self, Broker, Store};
 use clima_tweet::envelope;
 use futures::StreamExt;
 use lapin::{
@@ -102,7 +103,7 @@ impl Drop for Session {
 impl Tally<Delivered> for CounterStore {
     type Error = clima_store::StoreError;
 
-    fn system(&self) -> &'static str {
+    fn store(&self) -> Store {
         CounterStore::system(self)
     }
 
@@ -157,7 +158,7 @@ impl RabbitMqSource {
 }
 
 impl Source for RabbitMqSource {
-    const LABEL: &'static str = "rabbitmq";
+    const BROKER: Broker = Broker::RabbitMq;
     /// The delivery tag.
     type Ack = u64;
     type Position = Delivered;
@@ -180,7 +181,7 @@ impl Source for RabbitMqSource {
         let content = match envelope::decode(content_type, &delivery.data) {
             Ok(records) => {
                 let headers = trace_headers::Extract(delivery.properties.headers().as_ref());
-                let spans = process_spans("rabbitmq", delivery.exchange.as_str(), &records, &headers);
+                let spans = process_spans(Broker::RabbitMq, delivery.exchange.as_str(), &records, &headers);
                 let message_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
                 let position = Delivered { message_id, records: records.len() };
                 Content::Tweets { records, spans, position }
@@ -280,8 +281,7 @@ async fn report_queue_depth(channel: Channel, queue: String) {
     loop {
         interval.tick().await;
         match channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
-            Ok(state) => metrics::gauge!("clima_consumer_lag_messages", "source" => "rabbitmq", "partition" => "all")
-                .set(f64::from(state.message_count())),
+            Ok(state) => events::consumer_lag(Broker::RabbitMq, None, u64::from(state.message_count())),
             Err(error) => tracing::debug!(%error, "queue depth unavailable"),
         }
     }

@@ -6,6 +6,7 @@
 use std::future::Future;
 
 use clima_proto::v1::TweetRecord;
+use clima_telemetry::events::{Broker, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
@@ -13,8 +14,8 @@ use crate::{AckTiming, ConsumerError};
 
 /// A broker a consumer reads from.
 pub trait Source: Send {
-    /// The `source` label of the consumer's metrics ("kafka", "rabbitmq").
-    const LABEL: &'static str;
+    /// Which broker this is (the `source` label of the consumer's metrics).
+    const BROKER: Broker;
 
     /// What acknowledges one message (Kafka: its partition and next offset;
     /// RabbitMQ: its delivery tag).
@@ -78,8 +79,8 @@ pub enum Content<S: Source + ?Sized> {
 pub trait Tally<P>: Sync {
     type Error: std::fmt::Display + Send;
 
-    /// "redis" or "valkey" (the `store` metric label and the span's `db.system`).
-    fn system(&self) -> &'static str;
+    /// Which store this is (the `store` metric label and the span's `db.system`).
+    fn store(&self) -> Store;
 
     /// Counts `records` (the tweets of the messages at `positions`, in order);
     /// returns how many were new. Must be idempotent: a retry after a failed

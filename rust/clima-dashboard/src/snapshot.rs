@@ -34,7 +34,7 @@ impl StoreReader {
         };
         match counts {
             Ok((system, counts)) => StoreCounts {
-                system: system.to_owned(),
+                system: system.as_str().to_owned(),
                 reachable: true,
                 error: String::new(),
                 total: counts.total,

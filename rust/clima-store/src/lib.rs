@@ -12,6 +12,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use clima_proto::v1::{TweetRecord, Weather};
+pub use clima_telemetry::events::Store;
 use clima_tweet::{received_minute, weather_name};
 use redis::{AsyncCommands, Script, aio::ConnectionManager};
 use serde::Serialize;
@@ -122,8 +123,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct CounterStore {
     url: String,
-    /// "redis" or "valkey", as the server says (for span attributes).
-    system: &'static str,
+    /// Redis or Valkey, as the server says (for span attributes and metric labels).
+    system: Store,
     connection: ConnectionManager,
     keys: KeySchema,
     retention: Retention,
@@ -295,18 +296,18 @@ impl CounterStore {
             .set_number_of_retries(2);
         let mut connection = ConnectionManager::new_with_config(client, config).await.map_err(redis_error)?;
         let info: String = redis::cmd("INFO").arg("server").query_async(&mut connection).await.map_err(redis_error)?;
-        let system = if info.contains("valkey_version") { "valkey" } else { "redis" };
+        let system = if info.contains("valkey_version") { Store::Valkey } else { Store::Redis };
         // `EXPIRE … NX` (7.0) runs after the script's first writes: on an older
         // server it would fail halfway and leave a batch half written.
         let version = info.lines().find_map(|line| line.strip_prefix("redis_version:")).unwrap_or("0").trim();
         if version.split('.').next().and_then(|major| major.parse::<u32>().ok()).unwrap_or(0) < 7 {
-            return Err(StoreError::TooOld { url: redact(url), server: format!("{system} {version}") });
+            return Err(StoreError::TooOld { url: redact(url), server: format!("{} {version}", system.as_str()) });
         }
         Ok(Self { url: redact(url), system, connection, keys, retention, count_script: Script::new(COUNT_BATCH_LUA) })
     }
 
-    /// `redis` or `valkey`: which server this is.
-    pub fn system(&self) -> &'static str {
+    /// Redis or Valkey: which server this is.
+    pub fn system(&self) -> Store {
         self.system
     }
 

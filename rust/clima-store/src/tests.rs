@@ -40,13 +40,13 @@ async fn counts_each_id_once(url: &str) {
 #[tokio::test]
 async fn redis_counts_each_id_once() {
     counts_each_id_once(&redis_url()).await;
-    assert_eq!(store(&redis_url()).await.system(), "redis");
+    assert_eq!(store(&redis_url()).await.system(), crate::Store::Redis);
 }
 
 #[tokio::test]
 async fn valkey_counts_each_id_once() {
     counts_each_id_once(&valkey_url()).await;
-    assert_eq!(store(&valkey_url()).await.system(), "valkey");
+    assert_eq!(store(&valkey_url()).await.system(), crate::Store::Valkey);
 }
 
 #[tokio::test]

@@ -11,5 +11,6 @@
 //! `metrics` samples.
 
 pub mod admin;
+pub mod events;
 pub mod propagation;
 pub mod readiness;

@@ -112,7 +112,7 @@ pub async fn serve_reporting<S: Sink>(
     let reflection_v1 = reflection().build_v1().expect("clima's descriptors are valid");
     let reflection_v1alpha = reflection().build_v1alpha().expect("clima's descriptors are valid");
 
-    tracing::info!(address = ?listener.local_addr().ok(), broker = sink.name(), tls = tls.is_some(), "writer listening");
+    tracing::info!(address = ?listener.local_addr().ok(), broker = sink.broker().as_str(), tls = tls.is_some(), "writer listening");
     let mut server = Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
@@ -147,14 +147,14 @@ async fn report_health<S: Sink>(sink: Arc<S>, reporter: HealthReporter, readines
         let healthy = match sink.check().await {
             Ok(()) => true,
             Err(error) => {
-                tracing::warn!(broker = sink.name(), %error, "broker not reachable");
+                tracing::warn!(broker = sink.broker().as_str(), %error, "broker not reachable");
                 false
             }
         };
         if healthy != serving {
             serving = healthy;
             let status = if healthy { "SERVING" } else { "NOT_SERVING" };
-            tracing::info!(broker = sink.name(), status, "writer health changed");
+            tracing::info!(broker = sink.broker().as_str(), status, "writer health changed");
             set_health(&reporter, if healthy { ServingStatus::Serving } else { ServingStatus::NotServing }).await;
             readiness.set(healthy);
         }

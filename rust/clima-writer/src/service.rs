@@ -4,12 +4,15 @@ use clima_proto::v1::{
     PublishRequest, PublishResponse, TweetRecord,
     writer_service_server::{SERVICE_NAME, WriterService},
 };
-use clima_telemetry::propagation::{self, MetadataExtractor};
+use clima_telemetry::{
+    events,
+    propagation::{self, MetadataExtractor},
+};
 use clima_tweet::{check_received_now, validate_record};
 use tonic::{Code, Request, Response, Status};
 use tracing::{Instrument, field::Empty};
 
-use crate::Sink;
+use crate::{Sink, sinks::Broker};
 
 /// `clima.v1.WriterService` over one sink.
 pub struct Writer<S> {
@@ -40,18 +43,17 @@ impl<S: Sink> Writer<S> {
                 .and_then(|()| check_received_now(record, now))
                 .map_err(|error| Status::invalid_argument(format!("records[{index}].{}: {error}", error.field())))?;
         }
-        let broker = self.sink.name();
+        let broker = self.sink.broker();
         continue_traces(broker, self.sink.destination(), &mut records);
         let started = Instant::now();
         let published = self.sink.publish(&records).await;
-        metrics::histogram!("clima_publish_duration_seconds", "broker" => broker)
-            .record(started.elapsed().as_secs_f64());
         if let Err(error) = published {
-            metrics::counter!("clima_publish_failures_total", "broker" => broker).increment(1);
+            events::publish_failed(broker, started.elapsed());
+            let broker = broker.as_str();
             tracing::warn!(broker, %error, records = records.len(), "publish failed");
             return Err(Status::unavailable(format!("{broker}: {error}")));
         }
-        metrics::counter!("clima_published_tweets_total", "broker" => broker).increment(records.len() as u64);
+        events::published(broker, records.len(), started.elapsed());
         Ok(PublishResponse { published: records.len() as u32 })
     }
 }
@@ -61,14 +63,14 @@ impl<S: Sink> Writer<S> {
 /// arrived with, and makes it the record's trace context: the consumer's
 /// process span becomes its child, so each tweet keeps one trace although it
 /// shares a broker message with others. Untraced records cost nothing.
-fn continue_traces(system: &'static str, destination: &str, records: &mut [TweetRecord]) {
+fn continue_traces(broker: Broker, destination: &str, records: &mut [TweetRecord]) {
     for record in records.iter_mut().filter(|record| !record.trace_context.is_empty()) {
         let create = tracing::info_span!(
             parent: None,
             "messaging.create",
             otel.name = %format_args!("create {destination}"),
             otel.kind = "producer",
-            messaging.system = system,
+            messaging.system = broker.as_str(),
             messaging.destination.name = %destination,
             messaging.operation.type = "create",
             messaging.operation.name = "create",
@@ -91,7 +93,7 @@ impl<S: Sink> WriterService for Writer<S> {
             rpc.service = SERVICE_NAME,
             rpc.method = "Publish",
             rpc.grpc.status_code = Empty,
-            messaging.system = self.sink.name(),
+            messaging.system = self.sink.broker().as_str(),
         );
         propagation::set_parent(&span, &MetadataExtractor(request.metadata()));
 
@@ -102,9 +104,7 @@ impl<S: Sink> WriterService for Writer<S> {
         if !matches!(code, Code::Ok | Code::InvalidArgument) {
             span.record("otel.status_code", "ERROR");
         }
-        let labels = [("method", "Publish".to_owned()), ("code", format!("{code:?}"))];
-        metrics::counter!("grpc_server_requests_total", &labels).increment(1);
-        metrics::histogram!("grpc_server_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+        events::grpc_request_served("Publish", code, started.elapsed());
         result.map(Response::new)
     }
 }

@@ -12,6 +12,7 @@ use std::{
 };
 
 use clima_proto::v1::TweetRecord;
+use clima_telemetry::events::{Broker, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -41,7 +42,7 @@ struct MemorySource {
 }
 
 impl Source for MemorySource {
-    const LABEL: &'static str = "memory";
+    const BROKER: Broker = Broker::Kafka;
     type Ack = u64;
     type Position = u64;
     type Original = u64;
@@ -84,8 +85,8 @@ struct MemoryTally {
 impl Tally<u64> for MemoryTally {
     type Error = &'static str;
 
-    fn system(&self) -> &'static str {
-        "memory"
+    fn store(&self) -> Store {
+        Store::Redis
     }
 
     async fn count(&self, records: &[TweetRecord], positions: &[u64]) -> Result<u64, Self::Error> {

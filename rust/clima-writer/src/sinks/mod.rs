@@ -7,6 +7,7 @@ pub mod rabbitmq;
 use std::future::Future;
 
 use clima_proto::v1::TweetRecord;
+pub use clima_telemetry::events::Broker;
 
 pub use kafka::KafkaSink;
 pub use rabbitmq::RabbitMqSink;
@@ -15,14 +16,14 @@ pub use rabbitmq::RabbitMqSink;
 /// OpenTelemetry messaging conventions: it links to each record's creation
 /// span (see `service.rs`), and its own context travels in the message
 /// headers. Broker-specific attributes start empty; the sink records them.
-pub(crate) fn publish_span(system: &'static str, destination: &str, records: &[TweetRecord]) -> tracing::Span {
+pub(crate) fn publish_span(broker: Broker, destination: &str, records: &[TweetRecord]) -> tracing::Span {
     use tracing::field::Empty;
     let span = tracing::info_span!(
         "messaging.publish",
         otel.name = %format_args!("publish {destination}"),
         otel.kind = "producer",
         otel.status_code = Empty,
-        messaging.system = system,
+        messaging.system = broker.as_str(),
         messaging.destination.name = %destination,
         messaging.operation.type = "publish",
         messaging.operation.name = "publish",
@@ -39,7 +40,7 @@ pub(crate) fn publish_span(system: &'static str, destination: &str, records: &[T
 
 pub trait Sink: Send + Sync + 'static {
     /// Short broker name for logs and errors.
-    fn name(&self) -> &'static str;
+    fn broker(&self) -> Broker;
 
     /// Where records go: the Kafka topic or the RabbitMQ exchange.
     fn destination(&self) -> &str;

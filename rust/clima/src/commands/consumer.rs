@@ -3,25 +3,18 @@ use std::time::Duration;
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
 use clima_store::{CounterStore, KeySchema, Retention};
+use clima_telemetry::events::Broker;
 
 use crate::{
-    flags::{BatchFlags, KafkaFlags, KafkaSourceFlags, RabbitMqFlags, RabbitMqSourceFlags},
+    flags::{BatchFlags, BrokerFlag, KafkaFlags, KafkaSourceFlags, RabbitMqFlags, RabbitMqSourceFlags},
     shutdown, telemetry,
 };
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum SourceKind {
-    /// Kafka topic → Redis.
-    Kafka,
-    /// RabbitMQ queue → Valkey.
-    Rabbitmq,
-}
-
 #[derive(Debug, clap::Args)]
 pub struct ConsumerArgs {
-    /// Broker this consumer reads from.
+    /// Broker this consumer reads from: kafka counts into Redis, rabbitmq into Valkey.
     #[arg(long, env = "CLIMA_CONSUMER_SOURCE", value_enum)]
-    source: SourceKind,
+    source: BrokerFlag,
 
     #[command(flatten)]
     admin: telemetry::AdminArgs,
@@ -70,35 +63,27 @@ struct StoreArgs {
     minute_retention: Duration,
 }
 
-impl SourceKind {
-    fn store_name(self) -> &'static str {
-        match self {
-            Self::Kafka => "redis",
-            Self::Rabbitmq => "valkey",
-        }
-    }
-}
-
 impl ConsumerArgs {
     pub fn service_name(&self) -> &'static str {
-        match self.source {
-            SourceKind::Kafka => "clima-consumer-kafka",
-            SourceKind::Rabbitmq => "clima-consumer-rabbitmq",
+        match Broker::from(self.source) {
+            Broker::Kafka => "clima-consumer-kafka",
+            Broker::RabbitMq => "clima-consumer-rabbitmq",
         }
     }
 }
 
 pub async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
-    let url = args.store.url.clone().unwrap_or_else(|| match args.source {
-        SourceKind::Kafka => "redis://127.0.0.1:6379".to_owned(),
-        SourceKind::Rabbitmq => "redis://127.0.0.1:6380".to_owned(),
+    let broker = Broker::from(args.source);
+    let url = args.store.url.clone().unwrap_or_else(|| match broker {
+        Broker::Kafka => "redis://127.0.0.1:6379".to_owned(),
+        Broker::RabbitMq => "redis://127.0.0.1:6380".to_owned(),
     });
     let keys = KeySchema::new(&args.store.key_prefix);
     let retention = Retention { dedupe_window: args.store.dedupe_window, minutes: args.store.minute_retention };
     let shutdown = shutdown::on_signal();
-    let default_admin_port = match args.source {
-        SourceKind::Kafka => 9103,
-        SourceKind::Rabbitmq => 9104,
+    let default_admin_port = match broker {
+        Broker::Kafka => 9103,
+        Broker::RabbitMq => 9104,
     };
     telemetry::serve_admin(
         args.admin.listen.unwrap_or(([127, 0, 0, 1], default_admin_port).into()),
@@ -118,15 +103,15 @@ pub async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
             .notify(|error, delay| tracing::warn!(%error, ?delay, "store not reachable; retrying")) => store?,
         () = shutdown.cancelled() => return Ok(()),
     };
-    tracing::info!(store = %args.source.store_name(), prefix = %args.store.key_prefix, "store connected");
+    tracing::info!(store = store.system().as_str(), prefix = %args.store.key_prefix, "store connected");
 
     let batching = args.batching.into();
-    match args.source {
-        SourceKind::Kafka => {
+    match broker {
+        Broker::Kafka => {
             let (broker, source) = (args.kafka.into(), args.kafka_source.into());
             clima_consumer::kafka::run(&broker, &source, &batching, &store, shutdown).await?
         }
-        SourceKind::Rabbitmq => {
+        Broker::RabbitMq => {
             let (broker, source) = (args.rabbitmq.into(), args.rabbitmq_source.into());
             clima_consumer::rabbitmq::run(&broker, &source, &batching, &store, shutdown).await?
         }

@@ -1,25 +1,20 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use clima_telemetry::events::Broker;
 use clima_writer::sinks::{KafkaSink, RabbitMqSink};
 use tokio::net::TcpListener;
 
 use crate::{
-    flags::{KafkaFlags, KafkaSinkFlags, RabbitMqFlags, RabbitMqSinkFlags, WriterServerFlags},
+    flags::{BrokerFlag, KafkaFlags, KafkaSinkFlags, RabbitMqFlags, RabbitMqSinkFlags, WriterServerFlags},
     shutdown, telemetry,
 };
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum SinkKind {
-    Kafka,
-    Rabbitmq,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct WriterArgs {
     /// Broker this writer publishes to.
     #[arg(long, env = "CLIMA_WRITER_SINK", value_enum)]
-    sink: SinkKind,
+    sink: BrokerFlag,
 
     /// Address to listen on for gRPC [default: 127.0.0.1:50051 for kafka, 127.0.0.1:50052 for rabbitmq].
     #[arg(long, env = "CLIMA_WRITER_LISTEN")]
@@ -44,17 +39,18 @@ pub struct WriterArgs {
 
 impl WriterArgs {
     pub fn service_name(&self) -> &'static str {
-        match self.sink {
-            SinkKind::Kafka => "clima-writer-kafka",
-            SinkKind::Rabbitmq => "clima-writer-rabbitmq",
+        match Broker::from(self.sink) {
+            Broker::Kafka => "clima-writer-kafka",
+            Broker::RabbitMq => "clima-writer-rabbitmq",
         }
     }
 }
 
 pub async fn run(args: WriterArgs) -> anyhow::Result<()> {
-    let (default_port, default_admin_port) = match args.sink {
-        SinkKind::Kafka => (50051, 9101),
-        SinkKind::Rabbitmq => (50052, 9102),
+    let broker = Broker::from(args.sink);
+    let (default_port, default_admin_port) = match broker {
+        Broker::Kafka => (50051, 9101),
+        Broker::RabbitMq => (50052, 9102),
     };
     let listen = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
@@ -64,12 +60,12 @@ pub async fn run(args: WriterArgs) -> anyhow::Result<()> {
     let admin = args.admin.listen.unwrap_or(([127, 0, 0, 1], default_admin_port).into());
     telemetry::serve_admin(admin, readiness.clone(), &shutdown).await?;
     let shutdown = async move { shutdown.cancelled().await };
-    match args.sink {
-        SinkKind::Kafka => {
+    match broker {
+        Broker::Kafka => {
             let sink = KafkaSink::new(args.kafka.into(), args.kafka_sink.into())?;
             clima_writer::serve_reporting(listener, sink, args.server.into(), readiness, shutdown).await?;
         }
-        SinkKind::Rabbitmq => {
+        Broker::RabbitMq => {
             let sink = RabbitMqSink::new(args.rabbitmq.into(), args.rabbitmq_sink.into());
             clima_writer::serve_reporting(listener, sink, args.server.into(), readiness, shutdown).await?;
         }

@@ -16,7 +16,7 @@ use rdkafka::{
 use tracing::Instrument;
 
 use super::KafkaSinkConfig;
-use crate::{Sink, SinkError};
+use crate::{Sink, SinkError, sinks::Broker};
 
 pub struct KafkaSink {
     broker: KafkaConfig,
@@ -58,7 +58,7 @@ impl KafkaSink {
     /// Produces one message holding `records` and waits for its acknowledgement.
     async fn publish_message(&self, records: &[TweetRecord]) -> Result<(), SinkError> {
         let topic = &self.broker.topic;
-        let span = crate::sinks::publish_span("kafka", topic, records);
+        let span = crate::sinks::publish_span(Broker::Kafka, topic, records);
         let payload = envelope::encode(records);
         let count = records.len().to_string();
         let headers = OwnedHeaders::new_with_capacity(5)
@@ -112,8 +112,8 @@ fn chunks_within(records: &[TweetRecord], max_bytes: usize) -> Vec<&[TweetRecord
 }
 
 impl Sink for KafkaSink {
-    fn name(&self) -> &'static str {
-        "kafka"
+    fn broker(&self) -> Broker {
+        Broker::Kafka
     }
 
     fn destination(&self) -> &str {

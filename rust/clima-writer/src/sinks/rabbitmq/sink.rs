@@ -10,7 +10,7 @@ use tokio::sync::Mutex;
 use tracing::Instrument;
 
 use super::RabbitMqSinkConfig;
-use crate::{Sink, SinkError};
+use crate::{Sink, SinkError, sinks::Broker};
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
@@ -55,7 +55,7 @@ impl RabbitMqSink {
     /// Publishes the records as one persistent message and waits for its confirm.
     async fn publish_confirmed(&self, channel: &Channel, records: &[TweetRecord]) -> Result<(), SinkError> {
         let exchange = &self.broker.exchange;
-        let span = crate::sinks::publish_span("rabbitmq", exchange, records);
+        let span = crate::sinks::publish_span(Broker::RabbitMq, exchange, records);
         span.record("messaging.rabbitmq.destination.routing_key", ROUTING_KEY);
         let mut headers = FieldTable::default();
         headers.insert(envelope::HEADER_TWEET_COUNT.into(), AMQPValue::LongLongInt(records.len() as i64));
@@ -102,8 +102,8 @@ fn confirm_of(records: usize, confirmation: lapin::Confirmation) -> Result<(), S
 }
 
 impl Sink for RabbitMqSink {
-    fn name(&self) -> &'static str {
-        "rabbitmq"
+    fn broker(&self) -> Broker {
+        Broker::RabbitMq
     }
 
     fn destination(&self) -> &str {
@@ -118,7 +118,7 @@ impl Sink for RabbitMqSink {
         };
         match tokio::time::timeout(timeout, publish).await {
             Ok(result) => result,
-            Err(_) => Err(SinkError::Timeout { broker: "rabbitmq", timeout }),
+            Err(_) => Err(SinkError::Timeout { broker: Broker::RabbitMq.as_str(), timeout }),
         }
     }
 
