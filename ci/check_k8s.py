@@ -100,26 +100,38 @@ def check_dashboards():
             print(f"ok   {path.name}: {len(dashboard['panels'])} panels, datasources {sorted(u for u, _ in used)}")
 
 
-_help_cache = {}
+_spec = {}
 
 
-def accepted(binary, subcommand):
-    """The long flags and env vars `clima SUBCOMMAND --help` documents."""
-    if subcommand not in _help_cache:
-        text = subprocess.run([binary, subcommand, "--help"], capture_output=True, text=True, check=True).stdout
-        flags = set(re.findall(r"(?m)^\s+(?:-\w, )?(--[a-z][a-z0-9-]*)", text))
-        envs = set(re.findall(r"\[env:\s+([A-Z0-9_]+)[=\]]", text))  # secrets: no "=value"
-        _help_cache[subcommand] = (flags, envs)
-    return _help_cache[subcommand]
+def cli_spec(binary):
+    """Every clima command's long flags with their env var and default, from `clima cli-spec`
+    (the binary walks its own clap definition; nothing parses --help)."""
+    if binary not in _spec:
+        text = subprocess.run([binary, "cli-spec"], capture_output=True, text=True, check=True).stdout
+        _spec[binary] = json.loads(text)
+    return _spec[binary]
+
+
+def command_path(args):
+    """The command a container's args run: its leading words (`writer kafka`)."""
+    words = []
+    for arg in args:
+        if arg.startswith("-"):
+            break
+        words.append(arg)
+    return " ".join(words)
+
+
+def accepted(binary, path):
+    """The long flags and env vars of `clima PATH`."""
+    flags = cli_spec(binary).get(path, {})
+    return set(flags), {flag["env"] for flag in flags.values() if flag["env"]}
 
 
 def flag_defaults(binary):
-    """Each flag's default by env var, as `clima api|writer|consumer --help` shows it."""
-    defaults = {}
-    for subcommand in ("api", "writer", "consumer"):
-        text = subprocess.run([binary, subcommand, "--help"], capture_output=True, text=True, check=True).stdout
-        defaults.update(re.findall(r"\[env:\s+([A-Z0-9_]+)=[^\]]*\]\s*\[default:\s*([^\]]+)\]", text))
-    return defaults
+    """Each flag's default by env var, over every command."""
+    return {flag["env"]: flag["default"] for flags in cli_spec(binary).values() for flag in flags.values()
+            if flag["env"] and flag["default"] is not None}
 
 
 def container_env(docs):
@@ -176,7 +188,10 @@ def check_clima_containers(overlay, docs, binary):
         checked += 1
         where = f"{overlay}: {doc['metadata']['name']}"
         args = container.get("args", [])
-        subcommand = args[0] if args else None
+        subcommand = command_path(args)
+        if subcommand not in cli_spec(binary):
+            fail(f"{where}: clima has no command {subcommand!r}")
+            continue
         flags, envs = accepted(binary, subcommand)
         for arg in args[1:]:
             if arg.startswith("--") and arg.split("=")[0] not in flags:
@@ -206,7 +221,7 @@ def check_clima_containers(overlay, docs, binary):
                 port = probe.get(kind, {}).get("port")
                 if port is not None and port not in ports and port not in ports.values():
                     fail(f"{where}: {probe_name} uses port {port}, not one the container declares")
-    print(f"ok   {overlay}: {checked} clima containers checked against `clima --help`" if checked else "")
+    print(f"ok   {overlay}: {checked} clima containers checked against `clima cli-spec`" if checked else "")
     if not checked:
         fail(f"{overlay}: no clima container found")
 

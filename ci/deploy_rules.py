@@ -408,7 +408,7 @@ def _redis_bytes(text):
 def worst_case_bytes(role, env, api_env, api_replicas, writers, defaults):
     """What one container can hold at most under the limits its flags set;
     the size of a batch is the API's setting (it builds them). `defaults` are
-    the binary's flag defaults by env var (check_k8s reads them from --help)."""
+    the binary's flag defaults by env var (check_k8s reads them from `clima cli-spec`)."""
     def flag(name, source=env):
         return int(source.get(name, defaults[name]))
     batch_tweets = flag("CLIMA_BATCH_MAX_TWEETS", api_env)
@@ -443,7 +443,9 @@ def _role(container):
     if not args:
         return None
     if args[0] == "consumer":
-        source = next((value for flag, value in zip(args, args[1:]) if flag == "--source"), None)
+        # `consumer kafka`, or the deprecated `consumer --source kafka`.
+        source = args[1] if len(args) > 1 and not args[1].startswith("-") else \
+            next((value for flag, value in zip(args, args[1:]) if flag == "--source"), None)
         return f"consumer-{source}"
     return args[0]
 

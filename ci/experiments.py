@@ -288,9 +288,9 @@ def replicas():
         "http://127.0.0.1:50051|http://127.0.0.1:50061,http://127.0.0.1:50052|http://127.0.0.1:50062"
     rows = []
     try:
-        spawn("writer-kafka-2", "writer", "--sink", "kafka", "--listen", "127.0.0.1:50061",
+        spawn("writer-kafka-2", "writer", "kafka", "--listen", "127.0.0.1:50061",
               "--admin-listen", "127.0.0.1:9131")
-        spawn("writer-rabbitmq-2", "writer", "--sink", "rabbitmq", "--listen", "127.0.0.1:50062",
+        spawn("writer-rabbitmq-2", "writer", "rabbitmq", "--listen", "127.0.0.1:50062",
               "--admin-listen", "127.0.0.1:9132")
         for apis, writers in ((1, one), (2, one), (3, one), (1, two), (2, two)):
             group = [spawn(f"api-{index}", "api", "--listen", f"127.0.0.1:{port}", "--reuse-port",

@@ -143,13 +143,13 @@ start_service() {
     # tansu 0.6's sqlite engine panics on an idempotent producer's first produce
     # after a broker restart (tansu-storage lite.rs "more or less than one row")
     # and then fails every request: the local stack runs without idempotence.
-    writer-kafka) CLIMA_KAFKA_IDEMPOTENCE=${CLIMA_KAFKA_IDEMPOTENCE:-false} start_daemon writer-kafka "$CLIMA_BIN" writer --sink kafka \
+    writer-kafka) CLIMA_KAFKA_IDEMPOTENCE=${CLIMA_KAFKA_IDEMPOTENCE:-false} start_daemon writer-kafka "$CLIMA_BIN" writer kafka \
       --listen "127.0.0.1:$KAFKA_WRITER_PORT" "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 1))" ;;
-    writer-rabbitmq) start_daemon writer-rabbitmq "$CLIMA_BIN" writer --sink rabbitmq \
+    writer-rabbitmq) start_daemon writer-rabbitmq "$CLIMA_BIN" writer rabbitmq \
       --listen "127.0.0.1:$RABBITMQ_WRITER_PORT" "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 2))" ;;
-    consumer-kafka) start_daemon consumer-kafka "$CLIMA_BIN" consumer --source kafka \
+    consumer-kafka) start_daemon consumer-kafka "$CLIMA_BIN" consumer kafka \
       --store-url "redis://127.0.0.1:$REDIS_PORT" "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 3))" ;;
-    consumer-rabbitmq) start_daemon consumer-rabbitmq "$CLIMA_BIN" consumer --source rabbitmq \
+    consumer-rabbitmq) start_daemon consumer-rabbitmq "$CLIMA_BIN" consumer rabbitmq \
       --store-url "redis://127.0.0.1:$VALKEY_PORT" "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 4))" ;;
     dashboard) start_daemon dashboard "$CLIMA_BIN" dashboard --listen "127.0.0.1:$DASHBOARD_PORT" \
       "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 5))" \

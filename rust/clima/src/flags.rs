@@ -11,27 +11,10 @@ use clima_broker::{
     rabbitmq::{self, QueueType, RabbitMqConfig},
 };
 use clima_consumer::{AckTiming, BatchConfig, kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
-use clima_telemetry::events::Broker;
 use clima_writer::{
     ServerConfig,
     sinks::{kafka::KafkaSinkConfig, rabbitmq::RabbitMqSinkConfig},
 };
-
-/// A broker, as `--sink` and `--source` name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BrokerFlag {
-    Kafka,
-    Rabbitmq,
-}
-
-impl From<BrokerFlag> for Broker {
-    fn from(flag: BrokerFlag) -> Self {
-        match flag {
-            BrokerFlag::Kafka => Self::Kafka,
-            BrokerFlag::Rabbitmq => Self::RabbitMq,
-        }
-    }
-}
 
 /// A duration flag's type: `humantime::Duration` parses "10ms" and shows a
 /// default the same way.

@@ -1,6 +1,7 @@
 //! `clima`: every Tweets del Clima service in one binary, a subcommand each.
 
 mod commands;
+mod deprecated;
 mod flags;
 mod sampling;
 mod shutdown;
@@ -31,9 +32,9 @@ struct Cli {
 enum Command {
     /// HTTP ingress: POST /input, fanned out to every writer over gRPC.
     Api(commands::api::ApiArgs),
-    /// gRPC writer: publishes tweets durably to Kafka or RabbitMQ.
+    /// gRPC writer: publishes tweets durably to Kafka (`writer kafka`) or RabbitMQ (`writer rabbitmq`).
     Writer(commands::writer::WriterArgs),
-    /// Consumer: counts tweets from Kafka into Redis, or from RabbitMQ into Valkey.
+    /// Consumer: counts tweets from Kafka into Redis (`consumer kafka`), or from RabbitMQ into Valkey (`consumer rabbitmq`).
     Consumer(commands::consumer::ConsumerArgs),
     /// Live dashboard: a web page, its JSON/SSE feed and the gRPC StatsService.
     Dashboard(commands::dashboard::DashboardArgs),
@@ -45,6 +46,10 @@ enum Command {
     Recount(commands::recount::RecountArgs),
     /// Prints the Kafka ACLs the writer and the consumers need (a Strimzi KafkaUser's `acls`).
     KafkaAcls(commands::kafka_acls::KafkaAclsArgs),
+    /// Prints every command's flags with their env vars and defaults, as JSON
+    /// (what ci/check_k8s.py checks the manifests against).
+    #[command(hide = true)]
+    CliSpec,
 }
 
 impl Command {
@@ -55,7 +60,7 @@ impl Command {
             Self::Writer(args) => Some(args.service_name()),
             Self::Consumer(args) => Some(args.service_name()),
             Self::Dashboard(_) => Some("clima-dashboard"),
-            Self::Load(_) | Self::Stats(_) | Self::Recount(_) | Self::KafkaAcls(_) => None,
+            Self::Load(_) | Self::Stats(_) | Self::Recount(_) | Self::KafkaAcls(_) | Self::CliSpec => None,
         }
     }
 
@@ -71,8 +76,12 @@ impl Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let (argv, deprecation) = deprecated::upgrade(std::env::args_os().collect(), |name| std::env::var(name).ok());
+    let cli = Cli::parse_from(argv);
     let telemetry = telemetry::init(&cli.telemetry, cli.command.service_name(), cli.command.trusts_callers_sampling())?;
+    if let Some(deprecation) = deprecation {
+        tracing::warn!("{deprecation}");
+    }
     let result = match cli.command {
         Command::Api(args) => commands::api::run(args).await,
         Command::Writer(args) => commands::writer::run(args).await,
@@ -82,6 +91,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Stats(args) => commands::stats::run(args).await,
         Command::Recount(args) => commands::recount::run(args).await,
         Command::KafkaAcls(args) => commands::kafka_acls::run(args),
+        Command::CliSpec => {
+            use clap::CommandFactory;
+            println!("{}", serde_json::to_string_pretty(&cli_spec(Cli::command()))?);
+            Ok(())
+        }
     };
     if let Err(error) = &result {
         tracing::error!("{error:#}");
@@ -90,25 +104,120 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
+/// `clima cli-spec`: for every command path that runs something (`api`,
+/// `writer kafka`, ...), its long flags, each with its env var and default
+/// (several defaults joined with commas, as the env var takes them). Global
+/// flags are listed under every command, as `--help` shows them.
+fn cli_spec(mut cli: clap::Command) -> serde_json::Value {
+    fn walk(path: &str, command: &clap::Command, spec: &mut serde_json::Map<String, serde_json::Value>) {
+        // clap's generated `help` subcommands take no flags and run nothing.
+        let runnable = |subcommand: &&clap::Command| !subcommand.is_hide_set() && subcommand.get_name() != "help";
+        for subcommand in command.get_subcommands().filter(runnable) {
+            let path = format!("{path} {}", subcommand.get_name()).trim().to_owned();
+            let flags: serde_json::Map<_, _> = subcommand
+                .get_arguments()
+                .filter_map(|arg| {
+                    let long = arg.get_long()?;
+                    let defaults: Vec<_> =
+                        arg.get_default_values().iter().map(|value| value.to_string_lossy().into_owned()).collect();
+                    let env = arg.get_env().map(|env| env.to_string_lossy().into_owned());
+                    let default = (!defaults.is_empty()).then(|| defaults.join(","));
+                    Some((format!("--{long}"), serde_json::json!({ "env": env, "default": default })))
+                })
+                .collect();
+            spec.insert(path.clone(), flags.into());
+            walk(&path, subcommand, spec);
+        }
+    }
+    // Building propagates the global flags (--log, --log-format) into every subcommand.
+    cli.build();
+    let mut spec = serde_json::Map::new();
+    walk("", &cli, &mut spec);
+    spec.into()
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
 
+    /// Every command that takes flags, by its path (`writer kafka`), nested subcommands included.
+    fn commands() -> Vec<(String, clap::Command)> {
+        fn walk(path: &str, command: &clap::Command, found: &mut Vec<(String, clap::Command)>) {
+            for subcommand in command.get_subcommands() {
+                let path = format!("{path} {}", subcommand.get_name()).trim().to_owned();
+                found.push((path.clone(), subcommand.clone()));
+                walk(&path, subcommand, found);
+            }
+        }
+        let mut found = Vec::new();
+        walk("", &super::Cli::command(), &mut found);
+        found
+    }
+
     #[test]
     fn cli_is_consistent_and_every_flag_has_an_env_var() {
-        let command = super::Cli::command();
-        command.clone().debug_assert();
-        for subcommand in command.get_subcommands() {
-            for arg in subcommand.get_arguments() {
+        super::Cli::command().debug_assert();
+        let paths: Vec<_> = commands().into_iter().map(|(path, _)| path).collect();
+        assert!(
+            paths.contains(&"writer rabbitmq".to_owned()) && paths.contains(&"consumer kafka".to_owned()),
+            "{paths:?}"
+        );
+        for (path, command) in commands() {
+            for arg in command.get_arguments() {
                 if arg.get_long().is_some() && !matches!(arg.get_id().as_str(), "help" | "version") {
                     assert!(
                         arg.get_env().is_some(),
-                        "clima {} --{} has no environment variable",
-                        subcommand.get_name(),
+                        "clima {path} --{} has no environment variable",
                         arg.get_long().unwrap()
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_cli_spec_lists_each_broker_commands_own_flags_with_env_and_default() {
+        use clap::CommandFactory;
+        let spec = super::cli_spec(super::Cli::command());
+        let kafka_writer = &spec["writer kafka"];
+        assert_eq!(kafka_writer["--kafka-topic"]["env"], "CLIMA_KAFKA_TOPIC");
+        assert_eq!(kafka_writer["--kafka-topic"]["default"], clima_broker::kafka::DEFAULT_TOPIC);
+        assert_eq!(kafka_writer["--log-format"]["env"], "CLIMA_LOG_FORMAT", "global flags are listed too");
+        assert!(kafka_writer.get("--rabbitmq-exchange").is_none());
+        assert_eq!(spec["api"]["--writer"]["default"], clima_api::DEFAULT_WRITERS.join(","));
+        assert_eq!(spec["consumer rabbitmq"]["--batch-linger"]["default"], "10ms");
+        assert!(spec.get("cli-spec").is_none() && spec.get("writer help").is_none(), "{spec:#}");
+    }
+
+    /// The deprecated `--sink`/`--source` spellings still parse, as the broker subcommand.
+    #[test]
+    fn the_deprecated_spellings_still_run_the_broker_subcommand() {
+        use clap::Parser;
+        let argv = ["clima", "consumer", "--source", "kafka", "--kafka-group", "g"].map(std::ffi::OsString::from);
+        let (argv, warning) = super::deprecated::upgrade(argv.to_vec(), |_| None);
+        assert!(warning.is_some());
+        let cli = super::Cli::try_parse_from(argv).unwrap();
+        assert_eq!(cli.command.service_name(), Some("clima-consumer-kafka"));
+    }
+
+    /// Each broker's writer and consumer take that broker's flags and no other's.
+    #[test]
+    fn a_broker_subcommand_refuses_the_other_brokers_flags() {
+        use clap::Parser;
+        for argv in [
+            &["clima", "writer", "kafka", "--rabbitmq-exchange", "x"][..],
+            &["clima", "writer", "rabbitmq", "--kafka-topic", "x"],
+            &["clima", "consumer", "kafka", "--rabbitmq-prefetch", "5"],
+            &["clima", "consumer", "rabbitmq", "--kafka-group", "x"],
+        ] {
+            let error = super::Cli::try_parse_from(argv).expect_err("a flag of the other broker");
+            assert_eq!(error.kind(), clap::error::ErrorKind::UnknownArgument, "{argv:?}");
+        }
+        for argv in [
+            &["clima", "writer", "kafka", "--kafka-topic", "x"][..],
+            &["clima", "consumer", "rabbitmq", "--rabbitmq-prefetch", "5"],
+        ] {
+            super::Cli::try_parse_from(argv).unwrap_or_else(|error| panic!("{argv:?}: {error}"));
         }
     }
 
@@ -120,16 +229,12 @@ mod tests {
             env.ends_with("_URL") || env.ends_with("_OPTIONS") || env.ends_with("API_KEY") || env.contains("PASSWORD")
         };
         let mut secrets = 0;
-        for subcommand in super::Cli::command().get_subcommands() {
-            for arg in subcommand.get_arguments() {
+        for (path, command) in commands() {
+            for arg in command.get_arguments() {
                 let Some(env) = arg.get_env().and_then(|env| env.to_str()) else { continue };
                 if is_secret(env) {
                     secrets += 1;
-                    assert!(
-                        arg.is_hide_env_values_set(),
-                        "clima {} --help would print {env}'s value",
-                        subcommand.get_name()
-                    );
+                    assert!(arg.is_hide_env_values_set(), "clima {path} --help would print {env}'s value");
                 }
             }
         }
@@ -140,7 +245,12 @@ mod tests {
     #[test]
     fn every_service_starts_from_its_defaults() {
         use clap::Parser;
-        for argv in [&["clima", "api"][..], &["clima", "dashboard"], &["clima", "writer", "--sink", "kafka"]] {
+        for argv in [
+            &["clima", "api"][..],
+            &["clima", "dashboard"],
+            &["clima", "writer", "kafka"],
+            &["clima", "consumer", "rabbitmq"],
+        ] {
             if let Err(error) = super::Cli::try_parse_from(argv) {
                 panic!("{argv:?}: {error}");
             }

@@ -2,20 +2,48 @@ use std::time::Duration;
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
+use clima_broker::{kafka::KafkaConfig, rabbitmq::RabbitMqConfig};
+use clima_consumer::{kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
 use clima_store::{CounterStore, KeySchema, Retention};
 use clima_telemetry::events::Broker;
 
 use crate::{
-    flags::{BatchFlags, BrokerFlag, KafkaFlags, KafkaSourceFlags, RabbitMqFlags, RabbitMqSourceFlags},
+    flags::{BatchFlags, KafkaFlags, KafkaSourceFlags, RabbitMqFlags, RabbitMqSourceFlags},
     shutdown, telemetry,
 };
 
 #[derive(Debug, clap::Args)]
 pub struct ConsumerArgs {
-    /// Broker this consumer reads from: kafka counts into Redis, rabbitmq into Valkey.
-    #[arg(long, env = "CLIMA_CONSUMER_SOURCE", value_enum)]
-    source: BrokerFlag,
+    #[command(subcommand)]
+    broker: ConsumerBroker,
+}
 
+/// The broker a consumer reads, each with only its own flags.
+#[derive(Debug, clap::Subcommand)]
+enum ConsumerBroker {
+    /// Counts the Kafka topic into Redis (127.0.0.1:6379 by default).
+    Kafka {
+        #[command(flatten)]
+        counting: CountingArgs,
+        #[command(flatten, next_help_heading = "Kafka")]
+        kafka: KafkaFlags,
+        #[command(flatten, next_help_heading = "Kafka")]
+        source: KafkaSourceFlags,
+    },
+    /// Counts the RabbitMQ queue into Valkey (127.0.0.1:6380 by default).
+    Rabbitmq {
+        #[command(flatten)]
+        counting: CountingArgs,
+        #[command(flatten, next_help_heading = "RabbitMQ")]
+        rabbitmq: RabbitMqFlags,
+        #[command(flatten, next_help_heading = "RabbitMQ")]
+        source: RabbitMqSourceFlags,
+    },
+}
+
+/// What every consumer has, whatever its broker.
+#[derive(Debug, clap::Args)]
+struct CountingArgs {
     #[command(flatten)]
     admin: telemetry::AdminArgs,
 
@@ -24,16 +52,6 @@ pub struct ConsumerArgs {
 
     #[command(flatten, next_help_heading = "Batching")]
     batching: BatchFlags,
-
-    #[command(flatten, next_help_heading = "Kafka")]
-    kafka: KafkaFlags,
-    #[command(flatten, next_help_heading = "Kafka")]
-    kafka_source: KafkaSourceFlags,
-
-    #[command(flatten, next_help_heading = "RabbitMQ")]
-    rabbitmq: RabbitMqFlags,
-    #[command(flatten, next_help_heading = "RabbitMQ")]
-    rabbitmq_source: RabbitMqSourceFlags,
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,38 +82,59 @@ struct StoreArgs {
 }
 
 impl ConsumerArgs {
+    fn broker(&self) -> Broker {
+        match self.broker {
+            ConsumerBroker::Kafka { .. } => Broker::Kafka,
+            ConsumerBroker::Rabbitmq { .. } => Broker::RabbitMq,
+        }
+    }
+
     pub fn service_name(&self) -> &'static str {
-        match Broker::from(self.source) {
+        match self.broker() {
             Broker::Kafka => "clima-consumer-kafka",
             Broker::RabbitMq => "clima-consumer-rabbitmq",
         }
     }
 }
 
+/// A consumer's broker settings, parsed.
+enum Reader {
+    Kafka(KafkaConfig, KafkaSourceConfig),
+    RabbitMq(RabbitMqConfig, RabbitMqSourceConfig),
+}
+
 pub async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
-    let broker = Broker::from(args.source);
-    let url = args.store.url.clone().unwrap_or_else(|| match broker {
+    let broker = args.broker();
+    let (counting, reader) = match args.broker {
+        ConsumerBroker::Kafka { counting, kafka, source } => (counting, Reader::Kafka(kafka.into(), source.into())),
+        ConsumerBroker::Rabbitmq { counting, rabbitmq, source } => {
+            (counting, Reader::RabbitMq(rabbitmq.into(), source.into()))
+        }
+    };
+    let CountingArgs { admin, store, batching } = counting;
+    let url = store.url.clone().unwrap_or_else(|| match broker {
         Broker::Kafka => "redis://127.0.0.1:6379".to_owned(),
         Broker::RabbitMq => "redis://127.0.0.1:6380".to_owned(),
     });
-    let keys = KeySchema::new(&args.store.key_prefix);
-    let retention = Retention { dedupe_window: args.store.dedupe_window, minutes: args.store.minute_retention };
+    let keys = KeySchema::new(&store.key_prefix);
+    let retention = Retention { dedupe_window: store.dedupe_window, minutes: store.minute_retention };
     let shutdown = shutdown::on_signal();
     let default_admin_port = match broker {
         Broker::Kafka => 9103,
         Broker::RabbitMq => 9104,
     };
     telemetry::serve_admin(
-        args.admin.listen.unwrap_or(([127, 0, 0, 1], default_admin_port).into()),
+        admin.listen.unwrap_or(([127, 0, 0, 1], default_admin_port).into()),
         telemetry::Readiness::ready(),
         &shutdown,
     )
     .await?;
 
-    let ca = match &args.store.tls_ca {
+    let ca = match &store.tls_ca {
         Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
         None => None,
     };
+    let prefix = store.key_prefix;
     let connect = || CounterStore::connect_with_ca(&url, keys.clone(), retention, ca.clone());
     let store = tokio::select! {
         store = connect
@@ -103,16 +142,14 @@ pub async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
             .notify(|error, delay| tracing::warn!(%error, ?delay, "store not reachable; retrying")) => store?,
         () = shutdown.cancelled() => return Ok(()),
     };
-    tracing::info!(store = store.system().as_str(), prefix = %args.store.key_prefix, "store connected");
+    tracing::info!(store = store.system().as_str(), %prefix, "store connected");
 
-    let batching = args.batching.into();
-    match broker {
-        Broker::Kafka => {
-            let (broker, source) = (args.kafka.into(), args.kafka_source.into());
+    let batching = batching.into();
+    match reader {
+        Reader::Kafka(broker, source) => {
             clima_consumer::kafka::run(&broker, &source, &batching, &store, shutdown).await?
         }
-        Broker::RabbitMq => {
-            let (broker, source) = (args.rabbitmq.into(), args.rabbitmq_source.into());
+        Reader::RabbitMq(broker, source) => {
             clima_consumer::rabbitmq::run(&broker, &source, &batching, &store, shutdown).await?
         }
     }

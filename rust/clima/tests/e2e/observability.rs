@@ -254,7 +254,7 @@ async fn a_writer_is_ready_on_its_admin_port_only_while_its_broker_is_reachable(
     for amqp_url in [clima_testkit::amqp_url(), format!("amqp://guest:guest@{closed}/%2f")] {
         let admin = free_port().await;
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_clima"))
-            .args(["writer", "--sink", "rabbitmq", "--health-interval", "200ms"])
+            .args(["writer", "rabbitmq", "--health-interval", "200ms"])
             .args(["--listen", &free_port().await.to_string(), "--admin-listen", &admin.to_string()])
             .env_clear()
             .env("CLIMA_AMQP_URL", amqp_url)

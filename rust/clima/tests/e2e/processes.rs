@@ -141,18 +141,11 @@ impl ProcessStack {
         let children = vec![
             spawn(
                 "clima-writer-kafka",
-                args(&[
-                    "writer",
-                    "--sink",
-                    "kafka",
-                    "--health-interval",
-                    "200ms",
-                    "--listen",
-                    &kafka_writer.to_string(),
-                ]),
+                args(&["writer", "kafka", "--health-interval", "200ms", "--listen", &kafka_writer.to_string()]),
             ),
             spawn(
                 "clima-writer-rabbitmq",
+                // The deprecated spelling, kept for one release: it must still run the same writer.
                 args(&[
                     "writer",
                     "--sink",
@@ -163,8 +156,8 @@ impl ProcessStack {
                     &rabbitmq_writer.to_string(),
                 ]),
             ),
-            spawn("clima-consumer-kafka", args(&["consumer", "--source", "kafka", "--store-url", &redis_url()])),
-            spawn("clima-consumer-rabbitmq", args(&["consumer", "--source", "rabbitmq", "--store-url", &valkey_url()])),
+            spawn("clima-consumer-kafka", args(&["consumer", "kafka", "--store-url", &redis_url()])),
+            spawn("clima-consumer-rabbitmq", args(&["consumer", "rabbitmq", "--store-url", &valkey_url()])),
             spawn(
                 "clima-api",
                 args(&[
