@@ -12,15 +12,16 @@ and CSV reports available for those who know it.
 
 import random
 import uuid
+from pathlib import Path
 
 from locust import FastHttpUser, constant, task
 
-COUNTRIES = ["GT", "MX", "US", "CA", "BR", "AR", "CO", "PE", "CL", "ES", "SV", "HN"]
-WEATHERS = {
-    "Lluvioso": ["Está lloviendo", "Llueve a cántaros", "Lluvia ligera por la tarde"],
-    "Nublado": ["Está nublado", "Cielo gris todo el día", "Nubes densas, sin sol"],
-    "Soleado": ["Hace sol", "Día despejado y caluroso", "Sol radiante en la ciudad"],
-}
+# The same sample as `clima load` (rust/clima-tweet/src/sample.txt).
+SAMPLE = Path(__file__).resolve().parent.parent / "rust/clima-tweet/src/sample.txt"
+_LINES = [line.split("\t", 1) for line in SAMPLE.read_text().splitlines() if line and not line.startswith("#")]
+_TABLE = {key: values.split("|") for key, values in _LINES}
+COUNTRIES = _TABLE.pop("countries")
+WEATHERS = _TABLE
 
 
 def random_tweet():

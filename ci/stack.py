@@ -17,8 +17,8 @@ ROOT = Path(os.environ["CLIMA_ROOT"])
 STATE = Path(os.environ["CLIMA_STATE"])
 CLIMA = ROOT / "target/release/clima"
 API = f"http://127.0.0.1:{os.environ['API_PORT']}/input"
-# ci/lib.sh's CLIMA_SERVICES.
-SERVICES = ["api", "writer-kafka", "writer-rabbitmq", "consumer-kafka", "consumer-rabbitmq", "dashboard"]
+# The clima services, as ci/lib.sh starts them (ci/services).
+SERVICES = [line for line in (ROOT / "ci/services").read_text().splitlines() if line and not line.startswith("#")]
 TICKS = os.sysconf("SC_CLK_TCK")
 TANSU_DB = Path(os.environ.get("CLIMA_TANSU_DIR", STATE / "data/tansu")) / "tansu.db"
 

@@ -20,7 +20,7 @@ pub async fn run(args: Args) -> anyhow::Result<Vec<Rate>> {
     let client = redis::Client::open(args.url.as_str())?;
     let mut connection = client.get_multiplexed_async_connection().await?;
     let key = format!("clima-bench:{}", uuid::Uuid::now_v7().simple());
-    let fields = ["GT", "MX", "US", "CA", "BR", "AR", "CO", "PE", "CL", "ES", "SV", "HN"];
+    let fields = &clima_tweet::sample::SAMPLE.countries;
     let started = Instant::now();
     let mut done = 0;
     while done < args.operations {

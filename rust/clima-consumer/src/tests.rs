@@ -29,18 +29,21 @@ fn kafka_topic(kind: &str) -> KafkaConfig {
 }
 
 async fn fresh_store(url: &str) -> CounterStore {
+    clima_testkit::test_log();
     CounterStore::connect(url, KeySchema::new(unique_name("consumer")), Retention::default()).await.unwrap()
 }
 
-/// Waits until the store's total reaches `total`, then returns its counts.
+/// Waits (up to a minute) until the store's total reaches `total`, then
+/// returns its counts; the counts as they are if it never does.
 async fn counted(store: &CounterStore, total: u64) -> Counts {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let reached = clima_testkit::eventually(Duration::from_secs(60), || async {
         let counts = store.read_counts(1).await.unwrap();
-        if counts.total >= total || tokio::time::Instant::now() > deadline {
-            return counts;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        (counts.total >= total).then_some(counts)
+    })
+    .await;
+    match reached {
+        Some(counts) => counts,
+        None => store.read_counts(1).await.unwrap(),
     }
 }
 

@@ -75,6 +75,20 @@ where
     }
 }
 
+/// Shows the logs of the code under test when `TEST_LOG` is set: its value
+/// is a tracing filter (`TEST_LOG=debug`, `TEST_LOG=clima_consumer=trace`),
+/// and `TEST_LOG=1` means `info`. Unset, tests stay quiet. Logs go through
+/// the test harness's capture, so a failing test prints its own.
+pub fn test_log() {
+    let Ok(filter) = std::env::var("TEST_LOG") else { return };
+    let filter = if filter == "1" { "info".to_owned() } else { filter };
+    // Several tests of one process all call this: only the first installs it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
+
 /// A free TCP port on 127.0.0.1 (the OS picks it; racy only in theory).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -7,6 +7,7 @@
 //! - [`envelope`] is how a record travels on Kafka and RabbitMQ.
 
 pub mod envelope;
+pub mod sample;
 
 use clima_proto::v1::{Tweet, TweetInput, TweetRecord, Weather};
 

@@ -131,6 +131,7 @@ async fn drive(
     dead_letter_failures: usize,
     done: impl Fn(&[Event], usize) -> bool,
 ) -> Run {
+    clima_testkit::test_log();
     let journal = Journal::default();
     let mut source = MemorySource { inbox: inbox.into(), journal: journal.clone(), dead_letter_failures };
     let tally = MemoryTally {

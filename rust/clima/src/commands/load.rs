@@ -43,14 +43,6 @@ use super::stats::{StoresArgs, side_by_side, wait_for_totals};
 /// Closed loop connections unless --concurrency says otherwise.
 const DEFAULT_CONNECTIONS: usize = 32;
 
-/// Countries the reference load generators use.
-const COUNTRIES: &[&str] = &["GT", "MX", "US", "CA", "BR", "AR", "CO", "PE", "CL", "ES", "SV", "HN"];
-const WEATHERS: &[(&str, &[&str])] = &[
-    ("Lluvioso", &["Está lloviendo", "Llueve a cántaros", "Lluvia ligera por la tarde"]),
-    ("Nublado", &["Está nublado", "Cielo gris todo el día", "Nubes densas, sin sol"]),
-    ("Soleado", &["Hace sol", "Día despejado y caluroso", "Sol radiante en la ciudad"]),
-];
-
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
     /// URL of the API's POST /input (http://).
@@ -521,13 +513,14 @@ async fn closed_loop(plan: Plan, connections: usize, seed: u64) -> anyhow::Resul
 /// Sends one request of `size` random tweets, retrying failures with the same
 /// Idempotency-Key, and tallies the outcome.
 async fn send(plan: &Plan, pool: &Pool, size: u64, due: Instant, rng: &mut fastrand::Rng, tally: &mut Tally) {
+    let sample = &*clima_tweet::sample::SAMPLE;
     let tweets: Vec<TweetInput> = (0..size)
         .map(|_| {
-            let (weather, descriptions) = WEATHERS[rng.usize(..WEATHERS.len())];
+            let (weather, descriptions) = &sample.weathers[rng.usize(..sample.weathers.len())];
             TweetInput {
                 description: descriptions[rng.usize(..descriptions.len())].to_owned(),
-                country: COUNTRIES[rng.usize(..COUNTRIES.len())].to_owned(),
-                weather: weather.to_owned(),
+                country: sample.countries[rng.usize(..sample.countries.len())].to_owned(),
+                weather: (*weather).to_owned(),
             }
         })
         .collect();

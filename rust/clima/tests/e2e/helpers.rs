@@ -47,6 +47,7 @@ fn writer_config() -> ServerConfig {
 
 impl TestStack {
     pub async fn spawn() -> Self {
+        clima_testkit::test_log();
         let name = unique_name("e2e");
         let kafka = KafkaConfig {
             brokers: kafka_brokers(),
@@ -110,15 +111,12 @@ impl TestStack {
     }
 
     async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        let ready = clima_testkit::eventually(Duration::from_secs(30), || async {
             let ready = self.client.get(format!("{}/readyz", self.api)).send().await;
-            if ready.is_ok_and(|response| response.status().is_success()) {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "the stack did not become ready in 30 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            ready.is_ok_and(|response| response.status().is_success()).then_some(())
+        })
+        .await;
+        assert!(ready.is_some(), "the stack did not become ready in 30 s");
     }
 
     /// POSTs a JSON body to /input; returns the status and the JSON answer.

@@ -45,17 +45,17 @@ async fn one_trace_follows_a_tweet_from_the_http_request_into_redis_and_valkey()
     let trace_id: Vec<u8> =
         (0..TRACE_ID.len()).step_by(2).map(|i| u8::from_str_radix(&TRACE_ID[i..i + 2], 16).unwrap()).collect();
     let is_store_write = |span: &Span, system: &str| string_attribute(span, "db.system").as_deref() == Some(system);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let spans = loop {
+    let complete = clima_testkit::eventually(Duration::from_secs(30), || async {
         let spans = stack.collector.spans_of_trace(&trace_id);
-        let complete =
-            ["redis", "valkey"].iter().all(|system| spans.iter().any(|(_, span)| is_store_write(span, system)));
-        if complete {
-            break spans;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "trace incomplete after 30 s: {:#?}", names(&spans));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        ["redis", "valkey"]
+            .iter()
+            .all(|system| spans.iter().any(|(_, span)| is_store_write(span, system)))
+            .then_some(spans)
+    })
+    .await;
+    let spans = complete.unwrap_or_else(|| {
+        panic!("trace incomplete after 30 s: {:#?}", names(&stack.collector.spans_of_trace(&trace_id)))
+    });
 
     // Finds the one span of `service` with that kind and name.
     let find = |service: &str, kind: SpanKind, name: &str| -> &Span {

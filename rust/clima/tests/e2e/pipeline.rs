@@ -97,7 +97,7 @@ async fn a_retry_with_the_same_idempotency_key_is_counted_once() {
 async fn a_10000_tweet_array_with_spanish_keys_is_counted_exactly() {
     let stack = TestStack::spawn().await;
     let mut expected = clima_store::Counts::default();
-    let countries = ["GT", "MX", "US", "CA", "BR", "AR", "CO", "PE", "CL", "ES", "SV", "HN"];
+    let countries = &clima_tweet::sample::SAMPLE.countries;
     let weathers = ["Lluvioso", "Nubloso", "Soleado"];
     let array: Vec<_> = (0..10_000)
         .map(|i| {

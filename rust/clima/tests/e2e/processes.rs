@@ -187,35 +187,29 @@ impl ProcessStack {
 
     async fn wait_ready(&mut self, logs: &Path) {
         let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = client.get(format!("{}/readyz", self.api)).send().await;
-            if ready.is_ok_and(|response| response.status().is_success()) {
-                return;
-            }
-            for child in &mut self.children {
+        let (api, children) = (&self.api, std::sync::Mutex::new(&mut self.children));
+        let ready = clima_testkit::eventually(Duration::from_secs(60), || async {
+            for child in children.lock().unwrap().iter_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     panic!("a clima process exited with {status}; logs in {}", logs.display());
                 }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "clima processes not ready in 60 s; logs in {}",
-                logs.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            let ready = client.get(format!("{api}/readyz")).send().await;
+            ready.is_ok_and(|response| response.status().is_success()).then_some(())
+        })
+        .await;
+        assert!(ready.is_some(), "clima processes not ready in 60 s; logs in {}", logs.display());
     }
 
     /// Waits until both stores counted `total` tweets.
     pub async fn wait_counted(&self, total: u64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while self.redis.read_counts(1).await.unwrap().total < total
-            || self.valkey.read_counts(1).await.unwrap().total < total
-        {
-            assert!(tokio::time::Instant::now() < deadline, "tweets not counted in 60 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let counted = clima_testkit::eventually(Duration::from_secs(60), || async {
+            let both =
+                (self.redis.read_counts(1).await.unwrap().total, self.valkey.read_counts(1).await.unwrap().total);
+            (both.0 >= total && both.1 >= total).then_some(())
+        })
+        .await;
+        assert!(counted.is_some(), "tweets not counted in 60 s");
     }
 
     pub async fn metrics(&self, service: &str) -> String {
