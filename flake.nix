@@ -17,13 +17,15 @@
         craneLib = crane.mkLib pkgs;
         version = "0.1.0";
 
-        # Cargo sources plus what the build reads besides Rust: the protos and the dashboard page.
+        # Cargo sources plus what the build reads besides Rust: the protos, the dashboard page
+        # and the sample tweets (ci/deploy_rules.py checks every include_str! is kept).
         src = lib.cleanSourceWith {
           src = ./.;
           filter = path: type:
             (craneLib.filterCargoSources path type)
             || (builtins.match ".*/proto/.*\\.proto$" path != null)
-            || (builtins.match ".*/assets/.*\\.html$" path != null);
+            || (builtins.match ".*/assets/.*\\.html$" path != null)
+            || (builtins.match ".*/clima-tweet/src/sample\\.txt$" path != null);
         };
 
         commonArgs = {

@@ -843,6 +843,35 @@ def build_files(root):
                     problems.append(f"{build.relative_to(root)}: a test reads {name} with env!() at compile time, "
                                     "but only rustc_env sets it then (env = {...} is for run time)")
         problems += _workspace_deps(build)
+    problems += _included_files(root, flake)
+    return problems
+
+
+# crane's filterCargoSources keeps these; anything else a crate reads must match the flake's own filter.
+CARGO_SOURCES = re.compile(r"(\.rs|\.toml|/Cargo\.lock)$")
+
+
+def _included_files(root, flake):
+    """A file the Rust sources include_str!/include_bytes! at compile time must reach both builds:
+    Bazel's sandbox has only the crate's srcs and compile_data, and Nix's source only what the
+    flake's filter keeps. Neither can run here, so a missing file would only show on a user's
+    machine."""
+    # The flake's extra filters, as `builtins.match "REGEX" path`; Nix strings escape `\` as `\\`.
+    kept = [re.compile(pattern.replace("\\\\", "\\")) for pattern in
+            re.findall(r'builtins\.match "([^"]+)" path', flake)]
+    problems = []
+    for source in sorted(root.glob("rust/*/src/**/*.rs")):
+        for included in re.findall(r'include_(?:str|bytes)!\("([^"]+)"\)', source.read_text()):
+            path = (source.parent / included).resolve()
+            crate = source.relative_to(root).parts[1]
+            relative = path.relative_to((root / "rust" / crate).resolve()).as_posix()
+            where = f"{source.relative_to(root)} includes {relative}"
+            build = _read(root / "rust" / crate / "BUILD.bazel")
+            if not re.search(rf'compile_data = \[[^\]]*"{re.escape(relative)}"', build):
+                problems.append(f"{where}: rust/{crate}/BUILD.bazel's compile_data does not list it")
+            nix_path = f"/nix/store/source/rust/{crate}/{relative}"
+            if not CARGO_SOURCES.search(nix_path) and not any(pattern.fullmatch(nix_path) for pattern in kept):
+                problems.append(f"{where}: flake.nix's source filter drops it")
     return problems
 
 

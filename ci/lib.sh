@@ -98,7 +98,7 @@ stop_daemon() {
   rm -f "$pidfile"
 }
 
-mapfile -t CLIMA_SERVICES < <(grep -v "^#" "$CLIMA_ROOT/ci/services")
+mapfile -t CLIMA_SERVICES < <(grep -v -e "^#" -e "^$" "$CLIMA_ROOT/ci/services")
 
 # ensure_port_free PORT NAME: fails if something other than NAME holds PORT.
 ensure_port_free() {

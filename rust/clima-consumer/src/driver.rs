@@ -119,14 +119,16 @@ async fn settle<S: Source, T: Tally<S::Position>>(
     if ack == AckTiming::BeforeStore {
         source.ack(&batch.acks, ack).await?;
     }
-    if !batch.positions.is_empty() {
-        if !count_until_stored::<S, T>(tally, &batch.records, &batch.positions, &batch.spans, shutdown).await {
-            // Uncounted: unacknowledged, the broker delivers it again (acknowledged
-            // before the store, it is lost: what that design gives up).
-            return Ok(false);
-        }
-        source.counted(&batch.positions);
+    if !batch.positions.is_empty()
+        && !count_until_stored::<S, T>(tally, &batch.records, &batch.positions, &batch.spans, shutdown).await
+    {
+        // Uncounted: unacknowledged, the broker delivers it again (acknowledged
+        // before the store, it is lost: what that design gives up).
+        return Ok(false);
     }
+    // Told after every batch, even one with nothing to count: Kafka seeks past
+    // a run of messages counted before from there.
+    source.counted(&batch.positions);
     if ack == AckTiming::AfterStore {
         source.ack(&batch.acks, ack).await?;
     }

@@ -116,7 +116,8 @@ impl Tally<LogPosition> for TopicTally<'_> {
     }
 }
 
-/// Consumes until `shutdown`; the batch in hand is counted and committed first.
+/// Consumes until `shutdown`. A batch in hand then stays uncommitted: the
+/// group delivers it again, and the store counts it once.
 pub async fn run(
     broker: &KafkaConfig,
     source: &KafkaSourceConfig,
@@ -302,12 +303,11 @@ fn classify(counted: &Counted, behind: &mut BTreeMap<i32, i64>, message: &Borrow
                 payload: message.payload().unwrap_or_default().to_vec(),
                 headers: message.headers().map(|headers| headers.detach()),
             },
-            reason: format!(
-                "{} (partition {}, offset {})",
-                dead_letter_reason(&error),
+            reason: dead_letter_reason(&format_args!(
+                "{error} (partition {}, offset {})",
                 message.partition(),
                 message.offset()
-            ),
+            )),
         },
     };
     Message { ack, content }

@@ -118,8 +118,8 @@ impl Tally<Delivered> for CounterStore {
     }
 }
 
-/// Consumes until `shutdown`, reconnecting after broker failures; the batch
-/// in hand is counted and acked first.
+/// Consumes until `shutdown`, reconnecting after broker failures. A batch in
+/// hand then stays unacked: RabbitMQ delivers it again, and the store counts it once.
 pub async fn run(
     broker: &RabbitMqConfig,
     source: &RabbitMqSourceConfig,

@@ -19,9 +19,6 @@ pub fn upgrade(mut argv: Vec<OsString>, env: impl Fn(&str) -> Option<String>) ->
     else {
         return (argv, None);
     };
-    if argv.get(at + 1).and_then(|next| next.to_str()).is_some_and(|next| BROKERS.contains(&next)) {
-        return (argv, None);
-    }
     let given = argv.iter().enumerate().skip(at + 1).find_map(|(index, arg)| {
         let arg = arg.to_str()?;
         if arg == flag {
@@ -30,6 +27,11 @@ pub fn upgrade(mut argv: Vec<OsString>, env: impl Fn(&str) -> Option<String>) ->
             arg.strip_prefix(flag)?.strip_prefix('=').map(|value| (index, 1, value.to_owned()))
         }
     });
+    // Already a broker subcommand (perhaps after global flags): the new spelling.
+    let is_broker = |arg: &OsString| arg.to_str().is_some_and(|arg| BROKERS.contains(&arg));
+    if given.is_none() && argv[at + 1..].iter().any(is_broker) {
+        return (argv, None);
+    }
     let (broker, old) = match given {
         Some((index, width, broker)) => {
             argv.drain(index..index + width);
@@ -86,11 +88,14 @@ mod tests {
             run(&["clima", "consumer"], &[("CLIMA_CONSUMER_SOURCE", "kafka")]),
             (["clima", "consumer", "kafka"].map(String::from).to_vec(), true)
         );
-        // The new spelling wins over a leftover env var, and is left alone.
-        assert_eq!(
-            run(&["clima", "writer", "rabbitmq"], &[("CLIMA_WRITER_SINK", "kafka")]),
-            (["clima", "writer", "rabbitmq"].map(String::from).to_vec(), false)
-        );
+        // The new spelling wins over a leftover env var, and is left alone,
+        // global flags before the broker included.
+        for argv in [&["clima", "writer", "rabbitmq"][..], &["clima", "writer", "--log-format", "json", "rabbitmq"]] {
+            assert_eq!(
+                run(argv, &[("CLIMA_WRITER_SINK", "kafka")]),
+                (argv.iter().map(|arg| (*arg).to_owned()).collect(), false)
+            );
+        }
     }
 
     #[test]

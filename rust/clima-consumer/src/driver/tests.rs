@@ -39,6 +39,8 @@ struct MemorySource {
     journal: Journal,
     /// How many dead letters fail before they succeed.
     dead_letter_failures: usize,
+    /// What each `counted` call was told (Kafka seeks past counted messages from there).
+    told: Arc<Mutex<Vec<Vec<u64>>>>,
 }
 
 impl Source for MemorySource {
@@ -66,6 +68,10 @@ impl Source for MemorySource {
     async fn ack(&mut self, acks: &[u64], timing: AckTiming) -> Result<(), ConsumerError> {
         self.journal.lock().unwrap().push(Event::Acked(acks.to_vec(), timing));
         Ok(())
+    }
+
+    fn counted(&mut self, positions: &[u64]) {
+        self.told.lock().unwrap().push(positions.to_vec());
     }
 
     async fn recover(&mut self, _shutdown: &CancellationToken) -> bool {
@@ -117,6 +123,7 @@ fn counted_before(message: u64) -> Result<Message<MemorySource>, ConsumerError> 
 
 struct Run {
     events: Vec<Event>,
+    told: Vec<Vec<u64>>,
     store_calls: usize,
     counted_ids: usize,
 }
@@ -133,7 +140,9 @@ async fn drive(
 ) -> Run {
     clima_testkit::test_log();
     let journal = Journal::default();
-    let mut source = MemorySource { inbox: inbox.into(), journal: journal.clone(), dead_letter_failures };
+    let told = Arc::default();
+    let mut source =
+        MemorySource { inbox: inbox.into(), journal: journal.clone(), dead_letter_failures, told: Arc::clone(&told) };
     let tally = MemoryTally {
         journal: journal.clone(),
         failures: AtomicUsize::new(store_failures),
@@ -152,7 +161,8 @@ async fn drive(
     let ((), finished) = tokio::join!(super::run(&mut source, &tally, &batching, &shutdown), watch);
     let events = journal.lock().unwrap().clone();
     assert!(finished.is_some(), "the driver never got there: {events:?}");
-    Run { events, store_calls: tally.calls.load(Ordering::SeqCst), counted_ids: tally.seen.lock().unwrap().len() }
+    let told = told.lock().unwrap().clone();
+    Run { events, told, store_calls: tally.calls.load(Ordering::SeqCst), counted_ids: tally.seen.lock().unwrap().len() }
 }
 
 fn acked(events: &[Event]) -> usize {
@@ -165,6 +175,7 @@ async fn a_batch_is_acked_only_after_the_store_counted_it() {
     let run = drive(inbox, BatchConfig::default(), 0, 0, |events, _| acked(events) == 1).await;
     assert_eq!(run.events, [Event::Counted(vec![1, 2, 3]), Event::Acked(vec![1, 2, 3], AckTiming::AfterStore)]);
     assert_eq!(run.counted_ids, 4, "b came twice and counts once");
+    assert_eq!(run.told, [vec![1, 2, 3]]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -206,6 +217,7 @@ async fn a_batch_with_nothing_new_to_count_is_acked_without_the_store() {
     let run = drive(inbox, BatchConfig::default(), 0, 0, |events, _| acked(events) == 1).await;
     assert_eq!(run.events, [Event::DeadLettered(1), Event::Acked(vec![1, 2], AckTiming::AfterStore)]);
     assert_eq!(run.store_calls, 0);
+    assert_eq!(run.told, [Vec::<u64>::new()], "still told, so Kafka can seek past what was counted");
 }
 
 #[tokio::test(start_paused = true)]
