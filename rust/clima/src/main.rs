@@ -108,13 +108,11 @@ async fn main() -> anyhow::Result<()> {
 /// `writer kafka`, ...), its long flags, each with its env var and default
 /// (several defaults joined with commas, as the env var takes them). Global
 /// flags are listed under every command, as `--help` shows them.
-fn cli_spec(mut cli: clap::Command) -> serde_json::Value {
-    fn walk(path: &str, command: &clap::Command, spec: &mut serde_json::Map<String, serde_json::Value>) {
-        // clap's generated `help` subcommands take no flags and run nothing.
-        let runnable = |subcommand: &&clap::Command| !subcommand.is_hide_set() && subcommand.get_name() != "help";
-        for subcommand in command.get_subcommands().filter(runnable) {
-            let path = format!("{path} {}", subcommand.get_name()).trim().to_owned();
-            let flags: serde_json::Map<_, _> = subcommand
+fn cli_spec(cli: clap::Command) -> serde_json::Value {
+    let spec: serde_json::Map<_, _> = command_paths(cli)
+        .into_iter()
+        .map(|(path, command)| {
+            let flags: serde_json::Map<_, _> = command
                 .get_arguments()
                 .filter_map(|arg| {
                     let long = arg.get_long()?;
@@ -125,33 +123,36 @@ fn cli_spec(mut cli: clap::Command) -> serde_json::Value {
                     Some((format!("--{long}"), serde_json::json!({ "env": env, "default": default })))
                 })
                 .collect();
-            spec.insert(path.clone(), flags.into());
-            walk(&path, subcommand, spec);
+            (path, flags.into())
+        })
+        .collect();
+    spec.into()
+}
+
+/// Every command users run, by its path (`api`, `writer kafka`), nested
+/// subcommands included; not the hidden ones, nor clap's generated `help`.
+/// Built first, so the global flags (--log, --log-format) are in each.
+fn command_paths(mut cli: clap::Command) -> Vec<(String, clap::Command)> {
+    fn walk(path: &str, command: &clap::Command, found: &mut Vec<(String, clap::Command)>) {
+        let runnable = |subcommand: &&clap::Command| !subcommand.is_hide_set() && subcommand.get_name() != "help";
+        for subcommand in command.get_subcommands().filter(runnable) {
+            let path = format!("{path} {}", subcommand.get_name()).trim().to_owned();
+            found.push((path.clone(), subcommand.clone()));
+            walk(&path, subcommand, found);
         }
     }
-    // Building propagates the global flags (--log, --log-format) into every subcommand.
     cli.build();
-    let mut spec = serde_json::Map::new();
-    walk("", &cli, &mut spec);
-    spec.into()
+    let mut found = Vec::new();
+    walk("", &cli, &mut found);
+    found
 }
 
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
 
-    /// Every command that takes flags, by its path (`writer kafka`), nested subcommands included.
     fn commands() -> Vec<(String, clap::Command)> {
-        fn walk(path: &str, command: &clap::Command, found: &mut Vec<(String, clap::Command)>) {
-            for subcommand in command.get_subcommands() {
-                let path = format!("{path} {}", subcommand.get_name()).trim().to_owned();
-                found.push((path.clone(), subcommand.clone()));
-                walk(&path, subcommand, found);
-            }
-        }
-        let mut found = Vec::new();
-        walk("", &super::Cli::command(), &mut found);
-        found
+        super::command_paths(super::Cli::command())
     }
 
     #[test]
