@@ -38,7 +38,7 @@ down:
 faults:
     ci/faults
 
-# The benchmark table of README (and the raw ceilings of clima-bench).
+# The benchmark table of README (and the raw ceilings of `clima bench`).
 bench:
     ci/bench
 

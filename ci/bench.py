@@ -22,7 +22,7 @@ from stack import load as load_report
 
 OUT = Path(os.environ["CLIMA_BENCH_OUT"])
 SCALE = float(os.environ.get("CLIMA_BENCH_SCALE", "1"))
-BENCH = ROOT / "target/release/clima-bench"
+BENCH = [str(ROOT / "target/release/clima"), "bench"]
 HELLO_PORT, OTLP_PORT = 8099, 4317
 # Tweets ci/bench adds before its runs on an aged database (issue 15: a user's
 # Kafka holds millions; the fresh-database figures alone hid a 100x slowdown).
@@ -97,14 +97,16 @@ def restart_stack(extra_env):
 def ceilings():
     rates = []
     # More than ~35,000 messages and tansu 0.6 stopped delivering to the consumer (seen here).
-    rates += json_lines([BENCH, "kafka", "--messages", n(30_000)])
-    rates += json_lines([BENCH, "rabbitmq", "--queue-type", "quorum", "--messages", n(50_000)])
-    rates += json_lines([BENCH, "rabbitmq", "--queue-type", "classic", "--messages", n(30_000)])
-    rates += json_lines([BENCH, "store", "--name", "redis", "--url", f"redis://127.0.0.1:{os.environ['REDIS_PORT']}",
+    kafka = ["--kafka-brokers", f"127.0.0.1:{os.environ['KAFKA_PORT']}"]
+    rabbitmq = ["--amqp-url", f"amqp://guest:guest@127.0.0.1:{os.environ['RABBITMQ_PORT']}/%2f"]
+    rates += json_lines([*BENCH, "kafka", *kafka, "--messages", n(30_000)])
+    rates += json_lines([*BENCH, "rabbitmq", *rabbitmq, "--queue-type", "quorum", "--messages", n(50_000)])
+    rates += json_lines([*BENCH, "rabbitmq", *rabbitmq, "--queue-type", "classic", "--messages", n(30_000)])
+    rates += json_lines([*BENCH, "store", "--name", "redis", "--url", f"redis://127.0.0.1:{os.environ['REDIS_PORT']}",
                          "--operations", n(1_000_000)])
-    rates += json_lines([BENCH, "store", "--name", "valkey", "--url", f"redis://127.0.0.1:{os.environ['VALKEY_PORT']}",
+    rates += json_lines([*BENCH, "store", "--name", "valkey", "--url", f"redis://127.0.0.1:{os.environ['VALKEY_PORT']}",
                          "--operations", n(1_000_000)])
-    hello = subprocess.Popen([str(BENCH), "http-hello", "--listen", f"127.0.0.1:{HELLO_PORT}"])
+    hello = subprocess.Popen([*BENCH, "http-hello", "--listen", f"127.0.0.1:{HELLO_PORT}"])
     try:
         wait_port(HELLO_PORT)
         report = load("--url", f"http://127.0.0.1:{HELLO_PORT}/input", "--count", n(200_000), "--concurrency", 64)
@@ -148,7 +150,7 @@ def age_kafka():
 
 
 def tracing_cost():
-    sink = subprocess.Popen([str(BENCH), "otlp-sink", "--listen", f"127.0.0.1:{OTLP_PORT}"],
+    sink = subprocess.Popen([*BENCH, "otlp-sink", "--listen", f"127.0.0.1:{OTLP_PORT}"],
                             stdout=subprocess.PIPE, text=True)
     try:
         wait_port(OTLP_PORT)

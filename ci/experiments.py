@@ -4,7 +4,7 @@
 Each experiment runs side by side in this one run on this machine, on the stack
 as the user keeps it (its Kafka database and its stores are neither reset nor
 emptied; the figures say how full they were). Every number in FINDINGS.md comes
-from this run: raw clients (`clima-bench`), `clima load --json` (HDR
+from this run: raw clients (`clima bench`), `clima load --json` (HDR
 histograms, counts verified in both stores), the services' own /metrics
 (histogram deltas), redis-cli against both stores, and ci/faults.
 """
@@ -27,7 +27,7 @@ from stack import CLIMA, ROOT, STATE, kafka_records, load, machine, say, tansu_d
 OUT = Path(os.environ.get("CLIMA_EXPERIMENTS_OUT", ROOT / "docs"))
 CHARTS = OUT / "findings"
 SCALE = float(os.environ.get("CLIMA_EXPERIMENTS_SCALE", "1"))
-BENCH = ROOT / "target/release/clima-bench"
+BENCH = [str(ROOT / "target/release/clima"), "bench"]
 PORTS = {name: int(os.environ[f"{name.upper()}_PORT"]) for name in ("redis", "valkey", "kafka", "rabbitmq", "api")}
 ADMIN = {"writer-kafka": 9101, "writer-rabbitmq": 9102, "consumer-kafka": 9103, "consumer-rabbitmq": 9104}
 # Bytes of one TweetRecord on the brokers (id, time, a short description, country, weather).
@@ -113,9 +113,9 @@ def brokers_raw():
     messages = {1: n(30_000), 100: n(3_000), 1000: n(600)}
     for batch in BATCHES:
         size = batch * RECORD_BYTES
-        kafka = json_lines([BENCH, "kafka", "--brokers", f"127.0.0.1:{PORTS['kafka']}", "--messages",
+        kafka = json_lines([*BENCH, "kafka", "--kafka-brokers", f"127.0.0.1:{PORTS['kafka']}", "--messages",
                             messages[batch], "--size", size])
-        rabbit = json_lines([BENCH, "rabbitmq", "--url", f"amqp://guest:guest@127.0.0.1:{PORTS['rabbitmq']}/%2f",
+        rabbit = json_lines([*BENCH, "rabbitmq", "--amqp-url", f"amqp://guest:guest@127.0.0.1:{PORTS['rabbitmq']}/%2f",
                              "--queue-type", "quorum", "--messages", messages[batch], "--size", size])
         for broker, rates in (("Kafka (tansu)", kafka), ("RabbitMQ (quorum)", rabbit)):
             for rate in rates:
@@ -176,7 +176,7 @@ def stores():
                     if ":" in line and not line.startswith("#"))
         result["versions"][store] = {key: info[key].strip() for key in ("redis_version", "valkey_version",
                                                                          "server_name") if key in info}
-        result["raw"] += json_lines([BENCH, "store", "--name", store, "--url", f"redis://127.0.0.1:{PORTS[store]}",
+        result["raw"] += json_lines([*BENCH, "store", "--name", store, "--url", f"redis://127.0.0.1:{PORTS[store]}",
                                      "--operations", n(1_000_000)])
         counters = {}
         for key in ("clima:country", "clima:weather", "clima:country_weather"):
@@ -203,9 +203,9 @@ def stores():
                     if subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True).returncode == 0:
                         break
                     time.sleep(0.1)
-                rate = json_lines([BENCH, "store", "--name", store, "--url", f"redis://127.0.0.1:{port}",
+                rate = json_lines([*BENCH, "store", "--name", store, "--url", f"redis://127.0.0.1:{port}",
                                    "--operations", n(1_000_000)])[0]
-                memory = json_lines([BENCH, "dedupe-memory", "--url", f"redis://127.0.0.1:{port}",
+                memory = json_lines([*BENCH, "dedupe-memory", "--url", f"redis://127.0.0.1:{port}",
                                      "--tweets", n(200_000)]) if appendonly == "no" else []
             finally:
                 server.terminate()
@@ -220,7 +220,7 @@ def grpc_vs_json():
     (HTTP/2 + protobuf) against HTTP/1.1 + the proto's JSON mapping."""
     rows = []
     for batch in (1, 100, 1000):
-        rows += json_lines([BENCH, "hop", "--records", batch, "--calls", n({1: 40_000, 100: 4_000, 1000: 600}[batch]),
+        rows += json_lines([*BENCH, "hop", "--records", batch, "--calls", n({1: 40_000, 100: 4_000, 1000: 600}[batch]),
                             "--concurrency", 8])
     return rows
 
@@ -307,14 +307,14 @@ def replicas():
 
 def ordering():
     """How far each broker's order departs from the API's acceptance order:
-    `clima-bench order` taps the topic (a reader of no group) and the exchange
+    `clima bench order` taps the topic (a reader of no group) and the exchange
     (a private queue bound beside clima's) while one client sends single tweets
     one at a time, then 64 at once."""
     rows = []
     for concurrency, tweets in ((1, n(3_000)), (64, n(50_000))):
         ready = STATE / "experiments-order.ready"
         ready.unlink(missing_ok=True)
-        command = [BENCH, "order", "--kafka-brokers", f"127.0.0.1:{PORTS['kafka']}", "--amqp-url",
+        command = [*BENCH, "order", "--kafka-brokers", f"127.0.0.1:{PORTS['kafka']}", "--amqp-url",
                    f"amqp://guest:guest@127.0.0.1:{PORTS['rabbitmq']}/%2f", "--tweets", tweets, "--timeout", "600s",
                    "--ready-file", ready]
         say(" ".join(map(str, command)))
@@ -323,7 +323,7 @@ def ordering():
         while not ready.exists():
             if tap.poll() is not None or time.monotonic() > deadline:
                 tap.kill()
-                raise SystemExit("clima-bench order did not start listening")
+                raise SystemExit("clima bench order did not start listening")
             time.sleep(0.1)
         try:
             report, _ = load("--count", tweets, "--concurrency", concurrency, "--verify", "--verify-timeout", "600s")
@@ -332,7 +332,7 @@ def ordering():
             raise
         output, _ = tap.communicate(timeout=660)
         if tap.returncode != 0:
-            raise SystemExit(f"clima-bench order failed ({tap.returncode})")
+            raise SystemExit(f"clima bench order failed ({tap.returncode})")
         rows += [{"concurrency": concurrency, "accepted": report["accepted"], **json.loads(line)}
                  for line in output.splitlines() if line.startswith("{")]
     return rows
@@ -498,7 +498,7 @@ def markdown(result):
         "",
         "### Raw publish and consume at equal batch sizes",
         "",
-        "Setup: `clima-bench kafka` (rdkafka, acks=all, 3 partitions) and `clima-bench rabbitmq` (lapin, persistent "
+        "Setup: `clima bench kafka` (rdkafka, acks=all, 3 partitions) and `clima bench rabbitmq` (lapin, persistent "
         f"messages, pipelined publisher confirms, quorum queue); one message = `batch` × {RECORD_BYTES} bytes, as "
         "a writer sends a batch of tweets.",
         "",
@@ -597,7 +597,7 @@ def markdown(result):
     lines.append(f"| AOF everysec costs | {s['aof_cost']['redis']:.0%} | {s['aof_cost']['valkey']:.0%} |")
     dedupe = {row["store"]: row["dedupe"] for row in s["aof"] if row["dedupe"]}
     if dedupe:
-        lines.append("| clima's dedupe markers, bytes each (`clima-bench dedupe-memory`) | "
+        lines.append("| clima's dedupe markers, bytes each (`clima bench dedupe-memory`) | "
                      + " | ".join(f"{dedupe[st]['used_memory_growth_bytes'] / max(1, dedupe[st]['tweets']):,.0f}"
                                   for st in ("redis", "valkey")) + " |")
     lines += ["", "![Redis vs Valkey](findings/stores.png)", "",
@@ -608,7 +608,7 @@ def markdown(result):
               "`EXPIRE … NX`), so the same script counts in both.", ""]
 
     lines += ["## gRPC/protobuf vs HTTP/JSON for the API→writer hop", "",
-              "Setup: `clima-bench hop`, one process: a `WriterService` server that decodes and answers (no broker), "
+              "Setup: `clima bench hop`, one process: a `WriterService` server that decodes and answers (no broker), "
               "called the same number of times with the same `PublishRequest`s at 8 calls in flight, over tonic "
               "(HTTP/2, protobuf) and over HTTP/1.1 keep-alive with the proto's JSON mapping (pbjson, the mapping "
               "`POST /input` uses). CPU is the process's user+system time, client and server together, per tweet. "
@@ -678,7 +678,7 @@ def markdown(result):
 
 def ordering_section(rows):
     lines = ["", "### Ordering", "",
-             "Setup: `clima-bench order` reads clima's topic (a reader of no group, from each partition's end) and "
+             "Setup: `clima bench order` reads clima's topic (a reader of no group, from each partition's end) and "
              "a private queue bound to clima's exchange with its routing key (a copy of every message, in the "
              "order the exchange routed them; clima's own consumers lose nothing), while `clima load` sends single "
              "tweets, first one request at a time, then 64 at once. A tweet is late when a tweet the API accepted "

@@ -9,16 +9,13 @@ use clima_proto::v1::{Tweet, TweetRecord, Weather};
 use clima_store::{CounterStore, KeySchema, Retention};
 use serde::Serialize;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[arg(long, default_value = "redis://127.0.0.1:6379")]
-    url: String,
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: String,
     /// Distinct tweets to count.
-    #[arg(long, default_value_t = 1_000_000)]
-    tweets: u64,
+    pub tweets: u64,
     /// Tweets per count script call (the consumer's --batch-size).
-    #[arg(long, default_value_t = 500)]
-    batch: u64,
+    pub batch: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -36,8 +33,8 @@ async fn used_memory(connection: &mut redis::aio::MultiplexedConnection) -> anyh
     Ok(line.trim().parse()?)
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let client = redis::Client::open(args.url.as_str())?;
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let client = redis::Client::open(config.url.as_str())?;
     let mut connection = client.get_multiplexed_async_connection().await?;
     let info: String = redis::cmd("INFO").arg("server").query_async(&mut connection).await?;
     let version = |key: &str| info.lines().find_map(|line| line.strip_prefix(key)).map(str::trim).map(str::to_owned);
@@ -48,7 +45,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let prefix = format!("clima-bench-dedupe:{}", uuid::Uuid::now_v7().simple());
     // A window long enough that no marker expires during the run.
     let retention = Retention { dedupe_window: Duration::from_secs(3600), ..Retention::default() };
-    let store = CounterStore::connect(&args.url, KeySchema::new(prefix.as_str()), retention).await?;
+    let store = CounterStore::connect(&config.url, KeySchema::new(prefix.as_str()), retention).await?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
     let record = |_| TweetRecord {
         id: uuid::Uuid::now_v7().to_string(),
@@ -60,8 +57,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     store.count_batch(&[record(0)]).await?;
     let before = used_memory(&mut connection).await?;
     let mut counted = 0;
-    while counted < args.tweets {
-        let batch: Vec<TweetRecord> = (0..args.batch.min(args.tweets - counted)).map(record).collect();
+    while counted < config.tweets {
+        let batch: Vec<TweetRecord> = (0..config.batch.min(config.tweets - counted)).map(record).collect();
         counted += store.count_batch(&batch).await?;
     }
     let growth = used_memory(&mut connection).await? - before;

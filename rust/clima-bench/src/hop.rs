@@ -21,17 +21,14 @@ use prost::Message;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
+#[derive(Debug, Clone)]
+pub struct Config {
     /// Records per Publish call.
-    #[arg(long, default_value_t = 100)]
-    records: usize,
+    pub records: usize,
     /// Publish calls per encoding.
-    #[arg(long, default_value_t = 10_000)]
-    calls: u64,
+    pub calls: u64,
     /// Calls in flight at once (the API's --batch-in-flight is 8).
-    #[arg(long, default_value_t = 8)]
-    concurrency: u64,
+    pub concurrency: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -139,31 +136,31 @@ where
 
 fn report(
     encoding: &'static str,
-    args: &Args,
+    config: &Config,
     body_bytes: usize,
     latencies: &Histogram<u64>,
     elapsed: Duration,
     cpu: f64,
 ) -> HopReport {
-    let tweets = (args.calls * args.records as u64) as f64;
+    let tweets = (config.calls * config.records as u64) as f64;
     let seconds = elapsed.as_secs_f64();
     HopReport {
         encoding,
-        records: args.records,
-        calls: args.calls,
+        records: config.records,
+        calls: config.calls,
         seconds,
-        calls_per_s: args.calls as f64 / seconds,
+        calls_per_s: config.calls as f64 / seconds,
         tweets_per_s: tweets / seconds,
         p50_ms: latencies.value_at_quantile(0.5) as f64 / 1000.0,
         p99_ms: latencies.value_at_quantile(0.99) as f64 / 1000.0,
-        body_bytes_per_tweet: body_bytes as f64 / args.records as f64,
+        body_bytes_per_tweet: body_bytes as f64 / config.records as f64,
         cpu_us_per_tweet: cpu * 1e6 / tweets,
     }
 }
 
 /// Unmeasured calls before each encoding's run.
-fn warm_up(args: &Args) -> u64 {
-    (args.calls / 10).clamp(args.concurrency, 1000)
+fn warm_up(config: &Config) -> u64 {
+    (config.calls / 10).clamp(config.concurrency, 1000)
 }
 
 async fn listener() -> anyhow::Result<(TcpListener, SocketAddr)> {
@@ -172,8 +169,8 @@ async fn listener() -> anyhow::Result<(TcpListener, SocketAddr)> {
     Ok((listener, address))
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let request = request(args.records.max(1));
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let request = request(config.records.max(1));
 
     // gRPC: tonic on both ends, one HTTP/2 connection as the API keeps per writer;
     // once with TCP_NODELAY on the server's sockets (as the writer serves since
@@ -201,10 +198,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         };
         // Warm up (connections, allocator, branch predictors) before measuring.
-        drive(warm_up(&args), args.concurrency, call.clone()).await?;
+        drive(warm_up(&config), config.concurrency, call.clone()).await?;
         let cpu = cpu_seconds();
-        let (latencies, elapsed) = drive(args.calls, args.concurrency, call).await?;
-        reports.push(report(encoding, &args, 5 + request.encoded_len(), &latencies, elapsed, cpu_seconds() - cpu));
+        let (latencies, elapsed) = drive(config.calls, config.concurrency, call).await?;
+        reports.push(report(encoding, &config, 5 + request.encoded_len(), &latencies, elapsed, cpu_seconds() - cpu));
     }
 
     // HTTP/1.1 + JSON: axum on the server, a keep-alive pool on the client.
@@ -225,10 +222,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
     };
-    drive(warm_up(&args), args.concurrency, call.clone()).await?;
+    drive(warm_up(&config), config.concurrency, call.clone()).await?;
     let cpu = cpu_seconds();
-    let (latencies, elapsed) = drive(args.calls, args.concurrency, call).await?;
-    reports.push(report("http/1.1+json", &args, json_body_len, &latencies, elapsed, cpu_seconds() - cpu));
+    let (latencies, elapsed) = drive(config.calls, config.concurrency, call).await?;
+    reports.push(report("http/1.1+json", &config, json_body_len, &latencies, elapsed, cpu_seconds() - cpu));
 
     for line in reports {
         println!("{}", serde_json::to_string(&line)?);

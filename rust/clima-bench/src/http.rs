@@ -1,20 +1,19 @@
 use axum::{Router, http::StatusCode, routing::post, serve::ListenerExt};
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
+#[derive(Debug, Clone)]
+pub struct Config {
     /// Where to listen; `clima load --url http://<this>/input` measures it.
-    #[arg(long, default_value = "127.0.0.1:8099")]
-    listen: String,
+    pub listen: String,
 }
 
 /// Serves `POST /input` → 202 `{"accepted":1}` (what `clima load` expects of
 /// a single-object request) until killed: the same tokio, hyper and axum
 /// stack as `clima api`, without the work.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/input", post(|_body: axum::body::Bytes| async { (StatusCode::ACCEPTED, r#"{"accepted":1}"#) }));
     // As `clima api` does.
-    let listener = tokio::net::TcpListener::bind(&args.listen).await?.tap_io(|stream| {
+    let listener = tokio::net::TcpListener::bind(&config.listen).await?.tap_io(|stream| {
         let _ = stream.set_nodelay(true);
     });
     axum::serve(listener, app).await?;

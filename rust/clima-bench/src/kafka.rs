@@ -11,26 +11,22 @@ use rdkafka::{
 
 use crate::{Rate, payload};
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    brokers: String,
-    #[arg(long, default_value_t = 200_000)]
-    messages: u64,
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub brokers: String,
+    pub messages: u64,
     /// Bytes per message.
-    #[arg(long, default_value_t = 100)]
-    size: usize,
-    #[arg(long, default_value_t = 3)]
-    partitions: i32,
+    pub size: usize,
+    pub partitions: i32,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<Vec<Rate>> {
+pub async fn run(ceiling: Config) -> anyhow::Result<Vec<Rate>> {
     let topic = format!("clima-bench-{}", uuid::Uuid::now_v7().simple());
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &args.brokers);
+    config.set("bootstrap.servers", &ceiling.brokers);
     let admin: AdminClient<DefaultClientContext> = config.create()?;
     let created = admin
-        .create_topics(&[NewTopic::new(&topic, args.partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .create_topics(&[NewTopic::new(&topic, ceiling.partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
         .await?;
     for result in created {
         result.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code}"))?;
@@ -45,12 +41,12 @@ pub async fn run(args: Args) -> anyhow::Result<Vec<Rate>> {
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
-    let body = payload(args.size);
+    let body = payload(ceiling.size);
     let started = Instant::now();
     // In windows, so the client's queue never overflows.
     let mut sent = 0;
-    while sent < args.messages {
-        let window = (args.messages - sent).min(50_000);
+    while sent < ceiling.messages {
+        let window = (ceiling.messages - sent).min(50_000);
         let deliveries = (0..window)
             .map(|_| producer.send(FutureRecord::<(), _>::to(&topic).payload(&body), Duration::from_secs(60)));
         for delivery in join_all(deliveries).await {
@@ -58,7 +54,7 @@ pub async fn run(args: Args) -> anyhow::Result<Vec<Rate>> {
         }
         sent += window;
     }
-    let produced = Rate::new("kafka", "produce (acks=all)", args.messages, started.elapsed());
+    let produced = Rate::new("kafka", "produce (acks=all)", ceiling.messages, started.elapsed());
     eprintln!("kafka: produced {} messages at {:.0}/s; consuming", produced.count, produced.per_second);
 
     let consumer: StreamConsumer = config
@@ -73,7 +69,7 @@ pub async fn run(args: Args) -> anyhow::Result<Vec<Rate>> {
     // The clock starts at the first message: joining the group is not
     // consuming (and tansu 0.6 sometimes takes minutes to assign partitions).
     let join_deadline = Instant::now() + Duration::from_secs(120);
-    while received < args.messages {
+    while received < ceiling.messages {
         let wait = match started {
             Some(_) => Duration::from_secs(30),
             None => join_deadline.saturating_duration_since(Instant::now()),

@@ -28,29 +28,18 @@ use rdkafka::{
 };
 use serde::Serialize;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Kafka bootstrap servers of the stack.
-    #[arg(long, default_value = clima_broker::kafka::DEFAULT_BROKERS)]
-    kafka_brokers: String,
-    /// clima's tweets topic.
-    #[arg(long, default_value = clima_broker::kafka::DEFAULT_TOPIC)]
-    kafka_topic: String,
-    /// AMQP URL of the stack's RabbitMQ.
-    #[arg(long, default_value = clima_broker::rabbitmq::DEFAULT_URL)]
-    amqp_url: String,
-    /// clima's tweets exchange.
-    #[arg(long, default_value = clima_broker::rabbitmq::DEFAULT_EXCHANGE)]
-    rabbitmq_exchange: String,
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The stack's Kafka and clima's topic on it.
+    pub kafka: KafkaConfig,
+    /// The stack's RabbitMQ and clima's exchange on it.
+    pub rabbitmq: RabbitMqConfig,
     /// Stop once this many tweets came from each broker.
-    #[arg(long)]
-    tweets: u64,
+    pub tweets: u64,
     /// Give up after this long (the report then says how many came).
-    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
+    pub timeout: Duration,
     /// Created once both taps listen: start the load after it exists.
-    #[arg(long)]
-    ready_file: PathBuf,
+    pub ready_file: PathBuf,
 }
 
 /// How far one sequence of tweets departs from acceptance order.
@@ -130,15 +119,13 @@ fn accepted_ns(record: &TweetRecord) -> Option<i128> {
     record.received_at.as_ref().map(|t| i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos))
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let kafka = KafkaConfig { brokers: args.kafka_brokers, topic: args.kafka_topic, ..KafkaConfig::default() };
-    let rabbitmq = RabbitMqConfig { url: args.amqp_url, exchange: args.rabbitmq_exchange, ..RabbitMqConfig::default() };
-    let kafka = kafka_tap(&kafka).await?;
-    let (_connection, rabbitmq) = rabbitmq_tap(&rabbitmq).await?;
-    std::fs::write(&args.ready_file, b"listening\n").context("writing the ready file")?;
-    let deadline = tokio::time::Instant::now() + args.timeout;
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let kafka = kafka_tap(&config.kafka).await?;
+    let (_connection, rabbitmq) = rabbitmq_tap(&config.rabbitmq).await?;
+    std::fs::write(&config.ready_file, b"listening\n").context("writing the ready file")?;
+    let deadline = tokio::time::Instant::now() + config.timeout;
     let (kafka, rabbitmq) =
-        tokio::join!(read_kafka(&kafka, args.tweets, deadline), read_rabbitmq(rabbitmq, args.tweets, deadline));
+        tokio::join!(read_kafka(&kafka, config.tweets, deadline), read_rabbitmq(rabbitmq, config.tweets, deadline));
     let (kafka, rabbitmq) = (kafka?, rabbitmq?);
     for report in kafka.into_iter().chain([rabbitmq]) {
         println!("{}", serde_json::to_string(&report)?);

@@ -8,11 +8,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
 };
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
+#[derive(Debug, Clone)]
+pub struct Config {
     /// Where to take OTLP/gRPC trace exports.
-    #[arg(long, default_value = "127.0.0.1:4317")]
-    listen: std::net::SocketAddr,
+    pub listen: std::net::SocketAddr,
 }
 
 /// Takes every export and keeps only the number of spans: the receiving end
@@ -41,7 +40,7 @@ impl TraceService for Sink {
 }
 
 /// Serves until SIGTERM or Ctrl-C, then prints how many spans arrived.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(config: Config) -> anyhow::Result<()> {
     let sink = Sink::default();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = async move {
@@ -52,7 +51,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     tonic::transport::Server::builder()
         .add_service(TraceServiceServer::new(sink.clone()))
-        .serve_with_shutdown(args.listen, stop)
+        .serve_with_shutdown(config.listen, stop)
         .await?;
     println!("{}", serde_json::json!({ "spans_received": sink.spans.load(Ordering::Relaxed) }));
     Ok(())

@@ -12,36 +12,31 @@ use lapin::{
 
 use crate::{Rate, payload};
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-    url: String,
-    #[arg(long, default_value_t = 50_000)]
-    messages: u64,
-    #[arg(long, default_value_t = 100)]
-    size: usize,
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: String,
+    pub messages: u64,
+    pub size: usize,
     /// classic or quorum (clima's queue is a quorum queue).
-    #[arg(long, default_value = "quorum")]
-    queue_type: String,
+    pub queue_type: String,
     /// Publishes awaiting their confirm at once.
-    #[arg(long, default_value_t = 1000)]
-    window: u64,
+    pub window: u64,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<Vec<Rate>> {
-    let connection = Connection::connect(&args.url, ConnectionProperties::default()).await?;
+pub async fn run(config: Config) -> anyhow::Result<Vec<Rate>> {
+    let connection = Connection::connect(&config.url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let queue = format!("clima-bench-{}", uuid::Uuid::now_v7().simple());
     let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), AMQPValue::LongString(args.queue_type.as_str().into()));
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString(config.queue_type.as_str().into()));
     channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), arguments).await?;
 
-    let body = payload(args.size);
+    let body = payload(config.size);
     let started = Instant::now();
     let mut sent = 0;
-    while sent < args.messages {
-        let window = (args.messages - sent).min(args.window);
+    while sent < config.messages {
+        let window = (config.messages - sent).min(config.window);
         let mut confirms = Vec::with_capacity(window as usize);
         for _ in 0..window {
             let properties = BasicProperties::default().with_delivery_mode(2);
@@ -56,9 +51,9 @@ pub async fn run(args: Args) -> anyhow::Result<Vec<Rate>> {
         sent += window;
     }
     let published = Rate::new(
-        &format!("rabbitmq-{}", args.queue_type),
+        &format!("rabbitmq-{}", config.queue_type),
         "publish (persistent, confirmed)",
-        args.messages,
+        config.messages,
         started.elapsed(),
     );
 
@@ -73,15 +68,16 @@ pub async fn run(args: Args) -> anyhow::Result<Vec<Rate>> {
         .await?;
     let started = Instant::now();
     let mut received = 0;
-    while received < args.messages {
+    while received < config.messages {
         let delivery = consumer.next().await.ok_or_else(|| anyhow::anyhow!("consumer closed"))??;
         received += 1;
         // Acked in hundreds, as clima's consumer acks whole batches.
-        if received % 100 == 0 || received == args.messages {
+        if received % 100 == 0 || received == config.messages {
             delivery.ack(BasicAckOptions { multiple: true }).await?;
         }
     }
-    let consumed = Rate::new(&format!("rabbitmq-{}", args.queue_type), "consume (acked)", received, started.elapsed());
+    let consumed =
+        Rate::new(&format!("rabbitmq-{}", config.queue_type), "consume (acked)", received, started.elapsed());
     channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
     Ok(vec![published, consumed])
 }

@@ -124,7 +124,7 @@ pub async fn serve_reporting<S: Sink>(
         .add_service(WriterServiceServer::with_interceptor(Writer::new(sink, config.max_records), require(api_key)))
         // `TcpIncoming::from` leaves Nagle's algorithm on (tonic sets TCP_NODELAY
         // only for the listeners it binds itself): each answer then waited for
-        // the API's delayed ACK, up to 40 ms (clima-bench hop, docs/FINDINGS.md).
+        // the API's delayed ACK, up to 40 ms (clima bench hop, docs/FINDINGS.md).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await;
     health_task.abort();

@@ -18,7 +18,7 @@ use clima_writer::{
 
 /// A duration flag's type: `humantime::Duration` parses "10ms" and shows a
 /// default the same way.
-type Span = humantime::Duration;
+pub(crate) type Span = humantime::Duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaFlags {

@@ -46,6 +46,8 @@ enum Command {
     Recount(commands::recount::RecountArgs),
     /// Prints the Kafka ACLs the writer and the consumers need (a Strimzi KafkaUser's `acls`).
     KafkaAcls(commands::kafka_acls::KafkaAclsArgs),
+    /// Raw ceilings of the services clima runs on (plain clients at their best), as JSON lines.
+    Bench(commands::bench::BenchArgs),
     /// Prints every command's flags with their env vars and defaults, as JSON
     /// (what ci/check_k8s.py checks the manifests against).
     #[command(hide = true)]
@@ -60,7 +62,9 @@ impl Command {
             Self::Writer(args) => Some(args.service_name()),
             Self::Consumer(args) => Some(args.service_name()),
             Self::Dashboard(_) => Some("clima-dashboard"),
-            Self::Load(_) | Self::Stats(_) | Self::Recount(_) | Self::KafkaAcls(_) | Self::CliSpec => None,
+            Self::Load(_) | Self::Stats(_) | Self::Recount(_) | Self::KafkaAcls(_) | Self::Bench(_) | Self::CliSpec => {
+                None
+            }
         }
     }
 
@@ -91,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Stats(args) => commands::stats::run(args).await,
         Command::Recount(args) => commands::recount::run(args).await,
         Command::KafkaAcls(args) => commands::kafka_acls::run(args),
+        Command::Bench(args) => commands::bench::run(args).await,
         Command::CliSpec => {
             use clap::CommandFactory;
             println!("{}", serde_json::to_string_pretty(&cli_spec(Cli::command()))?);

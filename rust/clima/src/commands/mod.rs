@@ -1,4 +1,5 @@
 pub mod api;
+pub mod bench;
 pub mod consumer;
 pub mod dashboard;
 pub mod kafka_acls;
