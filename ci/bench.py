@@ -17,7 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from stack import ROOT, SERVICES, kafka_records, machine, sample, say, service_pids, tansu_db_mib
+from stack import (ROOT, SERVICES, histograms, kafka_records, machine, mean, mean_ms, sample, say, service_pids,
+                   service_settings, tansu_db_mib)
 from stack import load as load_report
 
 OUT = Path(os.environ["CLIMA_BENCH_OUT"])
@@ -130,7 +131,9 @@ def end_to_end():
     # Latency first, on the fresh Kafka database: tansu's produce latency grows
     # with the database (see ci/bench).
     for rate in (1000, 5000):
+        before = histograms()
         runs[f"open_{rate}"] = load("--rate", rate, "--count", n(rate * 10), "--verify")
+        runs[f"open_{rate}"]["breakdown"] = breakdown(before, histograms(), runs[f"open_{rate}"])
     with Sampler() as sampler:
         runs["single"] = load("--count", n(200_000), "--concurrency", 1024, "--verify")
     runs["single"]["services"] = sampler.result
@@ -138,6 +141,52 @@ def end_to_end():
         runs["arrays_of_100"] = load("--count", n(500_000), "--batch", 100, "--concurrency", 32, "--verify")
     runs["arrays_of_100"]["services"] = sampler.result
     return runs
+
+
+def breakdown(before, after, run):
+    """Where a request's milliseconds went (means, which add up, unlike
+    percentiles): the client's view, the API's handler stage by stage (its
+    `clima_api_request_stage_seconds`), and inside the writer calls each
+    writer's gRPC handler and broker publish."""
+    api = lambda metric, *labels: mean_ms(before, after, "api", metric, *labels)  # noqa: E731
+    stages = {stage: api("clima_api_request_stage_seconds", f'stage="{stage}"')
+              for stage in ("body", "decode", "queue", "writers", "wake")}
+    handler = api("http_server_request_duration_seconds", 'route="/input"')
+    result = {"client_mean_ms": run["request_latency_ms"]["mean"], "handler_mean_ms": handler, "stages_ms": stages,
+              "tweets_per_writer_call": mean(before, after, "api", "clima_api_batch_tweets"), "writers": {}}
+    for broker, port in (("kafka", os.environ["KAFKA_WRITER_PORT"]), ("rabbitmq", os.environ["RABBITMQ_WRITER_PORT"])):
+        service = f"writer-{broker}"
+        result["writers"][broker] = {
+            "call_ms": api("grpc_client_request_duration_seconds", f":{port}"),
+            "handler_ms": mean_ms(before, after, service, "grpc_server_request_duration_seconds", 'method="Publish"'),
+            "publish_ms": mean_ms(before, after, service, "clima_publish_duration_seconds"),
+        }
+    return result
+
+
+def breakdown_rows(label, result):
+    """The breakdown as table rows: each stage's mean, indented under what holds it."""
+    stages, writers = result["stages_ms"], result["writers"]
+    ms = lambda value: "–" if value is None else f"{value:.2f}"  # noqa: E731
+    known = sum(value or 0 for value in stages.values())
+    rows = [f"| {label}: request, as the client saw it | {ms(result['client_mean_ms'])} |",
+            f"| · outside the API's handler: client, TCP, HTTP parse, answer | "
+            f"{ms(result['client_mean_ms'] - (result['handler_mean_ms'] or 0))} |",
+            f"| · the API's handler | {ms(result['handler_mean_ms'])} |",
+            f"| · · read the body | {ms(stages['body'])} |",
+            f"| · · decode and validate | {ms(stages['decode'])} |",
+            f"| · · wait for a batch slot | {ms(stages['queue'])} |",
+            f"| · · the batch's writer calls, until the last confirmed "
+            f"({result['tweets_per_writer_call'] or 0:.1f} tweets a call) | {ms(stages['writers'])} |"]
+    for broker, writer in writers.items():
+        gap = None if None in (writer["call_ms"], writer["handler_ms"]) else writer["call_ms"] - writer["handler_ms"]
+        rows += [f"| · · · {broker}: the gRPC call, as the API saw it | {ms(writer['call_ms'])} |",
+                 f"| · · · · encode, transport, decode, scheduling (call − handler) | {ms(gap)} |",
+                 f"| · · · · the writer's handler | {ms(writer['handler_ms'])} |",
+                 f"| · · · · · of it, the broker's publish and ack | {ms(writer['publish_ms'])} |"]
+    rows += [f"| · · wake-up after the answer | {ms(stages['wake'])} |",
+             f"| · · rest of the handler | {ms((result['handler_mean_ms'] or 0) - known)} |"]
+    return rows
 
 
 def age_kafka():
@@ -149,19 +198,25 @@ def age_kafka():
     return {"before": before, "after": {"db_mib": round(tansu_db_mib(), 1), "kafka_records": kafka_records() or 0}}
 
 
-def tracing_cost():
+def traced(sampler, ratio=None):
+    """Single objects as in end_to_end(), with every service exporting its
+    spans (to an OTLP sink that counts them) under `sampler`."""
     sink = subprocess.Popen([*BENCH, "otlp-sink", "--listen", f"127.0.0.1:{OTLP_PORT}"],
                             stdout=subprocess.PIPE, text=True)
+    settings = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{OTLP_PORT}", "OTEL_TRACES_SAMPLER": sampler}
+    if ratio is not None:
+        settings["OTEL_TRACES_SAMPLER_ARG"] = str(ratio)
     try:
         wait_port(OTLP_PORT)
-        restart_stack({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{OTLP_PORT}", "OTEL_TRACES_SAMPLER": "always_on"})
-        traced = load("--count", n(200_000), "--concurrency", 1024, "--verify")
+        restart_stack(settings)
+        run = load("--count", n(200_000), "--concurrency", 1024, "--verify")
     finally:
         restart_stack({})
         sink.send_signal(signal.SIGTERM)
         spans = json.loads(sink.communicate()[0].strip().splitlines()[-1])["spans_received"]
-    traced["spans_received"] = spans
-    return traced
+    run["spans_received"] = spans
+    run["settings"] = settings
+    return run
 
 
 def run_rows(runs):
@@ -182,14 +237,17 @@ RUN_HEADER = ["| clima run | accepted/s | counted end to end/s | POST p50 / p99 
 RUN_NAMES = {"single": "single objects, closed loop, 1024 connections",
              "arrays_of_100": "arrays of 100, closed loop, 32 connections",
              "open_1000": "open loop, 1,000 tweets/s", "open_5000": "open loop, 5,000 tweets/s",
-             "traced": "single objects, tracing on (100 % sampled)"}
+             "traced": "single objects, tracing on (100 % sampled)",
+             "traced_1pct": "single objects, tracing on (parentbased_traceidratio 1 %)"}
 
 
 def markdown(result):
     m, runs, idle_services = result["machine"], result["clima"], result["idle"]
     lines = [f"Machine: {m['cpus']} × {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}; "
              f"load generator, services and brokers on the same machine; Kafka = {m['kafka']}; "
-             f"commit {m['commit']}, {m['date']}.", "",
+             f"commit {m['commit']}, {m['date']}; CLIMA_BENCH_SCALE={m['scale']}.", "",
+             "Each service as ci/up started it (flags and CLIMA_/OTEL_/TOKIO_ variables; everything else is "
+             "its default):", "", *(f"- {name}: `{line}`" for name, line in result["settings"].items()), "",
              "| raw ceiling | operation | per second |", "| --- | --- | ---: |"]
     lines += [f"| {r['ceiling']} | {r['operation']} | {r['per_second']:,.0f} |" for r in result["ceilings"]]
     slowest = result["slowest_ceiling"]
@@ -202,9 +260,14 @@ def markdown(result):
     lines += ["", f"Slowest raw ceiling: {slowest['ceiling']} {slowest['operation']}, {slowest['per_second']:,.0f}/s; "
               f"clima end to end (single objects) = **{result['ratio_to_slowest_ceiling']:.0%}** of it. "
               f"Tracing at 100 % sampling costs {result['tracing_cost']:.0%} of the end-to-end rate "
-              f"({runs['traced']['spans_received']:,} spans exported).", "",
+              f"({runs['traced']['spans_received']:,} spans exported); at 1 % (parentbased_traceidratio) "
+              f"{result['tracing_cost_1pct']:.0%} ({runs['traced_1pct']['spans_received']:,} spans).", "",
               "| service | RSS idle (MiB) | RSS peak, single objects (MiB) | CPU, single objects (cores) |",
               "| --- | ---: | ---: | ---: |"]
+    lines += ["", "Where a request's milliseconds go (means, which add up; from the services' /metrics over each "
+              "open-loop run):", "", "| stage | mean (ms) |", "| --- | ---: |"]
+    for key in ("open_1000", "open_5000"):
+        lines += breakdown_rows(RUN_NAMES[key], runs[key]["breakdown"])
     load_services = runs["single"]["services"]
     for name in SERVICES:
         lines.append(f"| {name} | {idle_services[name]['rss_peak_mib']} | {load_services[name]['rss_peak_mib']} | "
@@ -214,8 +277,10 @@ def markdown(result):
 
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
-    result = {"machine": {**machine(), "scale": SCALE}, "ceilings": ceilings(), "idle": idle(), "clima": end_to_end()}
-    result["clima"]["traced"] = tracing_cost()
+    result = {"machine": {**machine(), "scale": SCALE}, "settings": service_settings(), "ceilings": ceilings(),
+              "idle": idle(), "clima": end_to_end()}
+    result["clima"]["traced"] = traced("always_on")
+    result["clima"]["traced_1pct"] = traced("parentbased_traceidratio", 0.01)
     say("ageing the Kafka database, then the same runs again")
     result["aged"] = age_kafka()
     result["aged"]["clima"] = end_to_end()
@@ -224,6 +289,7 @@ def main():
     result["slowest_ceiling"] = slowest
     result["ratio_to_slowest_ceiling"] = single / slowest["per_second"]
     result["tracing_cost"] = 1 - result["clima"]["traced"]["counted"]["end_to_end_per_s"] / single
+    result["tracing_cost_1pct"] = 1 - result["clima"]["traced_1pct"]["counted"]["end_to_end_per_s"] / single
     (OUT / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
     (OUT / "bench.md").write_text(table)

@@ -7,10 +7,12 @@ import datetime
 import json
 import os
 import platform
+import re
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(os.environ["CLIMA_ROOT"])
@@ -39,6 +41,22 @@ def sample(pid):
     rss_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return rss_kib / 1024, (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def service_settings():
+    """What each running service was started with beyond its defaults: its
+    command line (minus the binary) and the CLIMA_*, OTEL_* and TOKIO_*
+    variables of its environment, read from /proc."""
+    settings = {}
+    for name, pid in service_pids().items():
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[1:-1]
+        environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+        env = sorted(var for var in environ if var.startswith(("CLIMA_", "OTEL_", "TOKIO_")))
+        # URLs, keys and client options can carry credentials: their names only.
+        env = [var.split("=", 1)[0] + "=…" if re.search(r"_(URL|KEY|OPTIONS|PASSWORD)\b", var.split("=", 1)[0])
+               else var for var in env]
+        settings[name] = " ".join(argv + env)
+    return settings
 
 
 def tansu_db_mib():
@@ -82,3 +100,42 @@ def all_time_totals():
                             text=True).stdout
     counts = json.loads(output)
     return {store: counts[store]["total"] for store in ("redis", "valkey")}
+
+
+# Admin ports (/metrics) of the services that serve a request, as ci/lib.sh starts them.
+ADMIN_PORTS = {"api": 0, "writer-kafka": 1, "writer-rabbitmq": 2}
+_HISTOGRAM_LINE = re.compile(r"^(\w+)_(sum|count)(?:\{([^}]*)\})? (\S+)$")
+
+
+def histograms():
+    """Every histogram's sum and count on the API's and the writers' /metrics:
+    {(service, metric, labels): [sum, count]}."""
+    base = int(os.environ.get("ADMIN_PORT_BASE", "9100"))
+    found = {}
+    for service, offset in ADMIN_PORTS.items():
+        with urllib.request.urlopen(f"http://127.0.0.1:{base + offset}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        for line in text.splitlines():
+            match = _HISTOGRAM_LINE.match(line)
+            if match:
+                name, part, labels, value = match.groups()
+                entry = found.setdefault((service, name, labels or ""), [0.0, 0.0])
+                entry[0 if part == "sum" else 1] = float(value)
+    return found
+
+
+def mean(before, after, service, metric, *labels):
+    """The mean of a histogram (every series whose labels hold each of `labels`)
+    over what it recorded between two `histograms()`; None if it recorded nothing."""
+    total = count = 0.0
+    for key, (after_sum, after_count) in after.items():
+        if key[:2] == (service, metric) and all(label in key[2] for label in labels):
+            before_sum, before_count = before.get(key, (0.0, 0.0))
+            total, count = total + after_sum - before_sum, count + after_count - before_count
+    return total / count if count else None
+
+
+def mean_ms(before, after, service, metric, *labels):
+    """`mean` of a duration histogram (seconds), in milliseconds."""
+    seconds = mean(before, after, service, metric, *labels)
+    return None if seconds is None else seconds * 1000

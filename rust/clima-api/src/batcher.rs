@@ -15,9 +15,10 @@
 //! have been published, which a retry with the same `Idempotency-Key` makes
 //! safe (the ids repeat, the stores count each once).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use clima_proto::v1::TweetRecord;
+use clima_telemetry::events::{ApiStage, api_request_stage};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Span;
 
@@ -35,7 +36,15 @@ struct Pending {
     /// The request's span: the batch's gRPC spans are its children (first
     /// request) or link to it (the others).
     span: Span,
-    done: oneshot::Sender<Result<(), String>>,
+    /// When it was handed to the dispatcher.
+    queued: Instant,
+    done: oneshot::Sender<Answer>,
+}
+
+/// The batch's result, and when it was sent (the request measures its wake-up).
+struct Answer {
+    result: Result<(), String>,
+    sent: Instant,
 }
 
 impl Batcher {
@@ -67,10 +76,13 @@ impl Batcher {
 
     async fn publish_batch(&self, records: Vec<TweetRecord>) -> Result<(), ApiError> {
         let (done, answer) = oneshot::channel();
-        let pending = Pending { records, span: Span::current(), done };
+        let pending = Pending { records, span: Span::current(), queued: Instant::now(), done };
         self.queue.send(pending).await.map_err(|_| ApiError::Unavailable("the API is shutting down".into()))?;
         match answer.await {
-            Ok(result) => result.map_err(ApiError::Unavailable),
+            Ok(Answer { result, sent }) => {
+                api_request_stage(ApiStage::Wake, sent.elapsed());
+                result.map_err(ApiError::Unavailable)
+            }
             Err(_) => Err(ApiError::Unavailable("the batch was abandoned; retry the request".into())),
         }
     }
@@ -124,13 +136,17 @@ async fn publish_batch(writers: &Writers, batch: Vec<Pending>, tweets: usize) {
     let mut spans = Vec::with_capacity(batch.len());
     let mut answers = Vec::with_capacity(batch.len());
     for request in batch {
+        api_request_stage(ApiStage::Queue, request.queued.elapsed());
         records.extend(request.records);
         spans.push(request.span);
         answers.push(request.done);
     }
+    let started = Instant::now();
     let result = writers.publish(&records, &spans).await.map_err(|error| error.to_string());
+    let took = started.elapsed();
     for answer in answers {
+        api_request_stage(ApiStage::Writers, took);
         // A request whose client went away no longer listens; nothing to tell it.
-        let _ = answer.send(result.clone());
+        let _ = answer.send(Answer { result: result.clone(), sent: Instant::now() });
     }
 }

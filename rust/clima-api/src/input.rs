@@ -8,6 +8,7 @@ use axum::{
     response::IntoResponse,
 };
 use clima_proto::v1::{TweetInput, TweetRecord};
+use clima_telemetry::events::{ApiStage, api_request_stage};
 use pbjson_types::Timestamp;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -40,6 +41,7 @@ async fn accept_input(state: &AppState, request: Request) -> Result<Vec<String>,
     let headers = request.headers().clone();
     require_json(&headers)?;
     let idempotency_key = idempotency_key(&headers)?;
+    let started = std::time::Instant::now();
     let body = match tokio::time::timeout_at(deadline, Bytes::from_request(request, state)).await {
         Ok(body) => body,
         Err(_elapsed) => return Err(ApiError::RequestTimeout(timeout)),
@@ -51,6 +53,8 @@ async fn accept_input(state: &AppState, request: Request) -> Result<Vec<String>,
         )),
         _ => ApiError::BadRequest(rejection.body_text()),
     })?;
+    let decoding = std::time::Instant::now();
+    api_request_stage(ApiStage::Body, decoding - started);
     let Decoded { inputs, array } = decode(&body)?;
     if inputs.len() > state.config.max_tweets {
         return Err(ApiError::PayloadTooLarge(format!(
@@ -70,6 +74,7 @@ async fn accept_input(state: &AppState, request: Request) -> Result<Vec<String>,
         }
     }
     let ids = records.iter().map(|record| record.id.clone()).collect();
+    api_request_stage(ApiStage::Decode, decoding.elapsed());
     if tokio::time::Instant::now() >= deadline {
         return Err(ApiError::RequestTimeout(timeout));
     }

@@ -81,6 +81,41 @@ pub fn api_batch_sent(tweets: usize, requests: usize) {
     metrics::histogram!("clima_api_batch_requests").record(requests as f64);
 }
 
+/// A stage of a `POST /input` request in the API (the `stage` label of
+/// `clima_api_request_stage_seconds`): where a request's time goes, stage by
+/// stage, so that their means add up to the handler's (ARCHITECTURE.md's
+/// latency breakdown comes from them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiStage {
+    /// Reading the body off the connection.
+    Body,
+    /// JSON decoding, validation, ids and trace context.
+    Decode,
+    /// Waiting for a free batch slot, until its batch left.
+    Queue,
+    /// Its batch's calls to every writer, until the last one confirmed.
+    Writers,
+    /// From the batch's answer until the request's handler ran again.
+    Wake,
+}
+
+impl ApiStage {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Body => "body",
+            Self::Decode => "decode",
+            Self::Queue => "queue",
+            Self::Writers => "writers",
+            Self::Wake => "wake",
+        }
+    }
+}
+
+/// One stage of one request took this long (`clima_api_request_stage_seconds`).
+pub fn api_request_stage(stage: ApiStage, took: Duration) {
+    metrics::histogram!("clima_api_request_stage_seconds", "stage" => stage.as_str()).record(took.as_secs_f64());
+}
+
 // --- writer ------------------------------------------------------------------
 
 /// A publish the broker confirmed (`clima_published_tweets_total`, `clima_publish_duration_seconds`).

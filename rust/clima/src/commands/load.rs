@@ -166,6 +166,8 @@ fn latency_histogram() -> Histogram<u64> {
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Serialize)]
 pub struct Percentiles {
+    /// The mean: unlike percentiles, the means of stages add up (ci/bench's breakdown).
+    pub mean: f64,
     pub p50: f64,
     pub p90: f64,
     pub p95: f64,
@@ -179,6 +181,7 @@ impl Percentiles {
     fn of(histogram: &Histogram<u64>) -> Self {
         let ms = |micros: u64| micros as f64 / 1000.0;
         Self {
+            mean: histogram.mean() / 1000.0,
             p50: ms(histogram.value_at_quantile(0.50)),
             p90: ms(histogram.value_at_quantile(0.90)),
             p95: ms(histogram.value_at_quantile(0.95)),
