@@ -264,14 +264,15 @@ def markdown(result):
               f"{result['tracing_cost_1pct']:.0%} ({runs['traced_1pct']['spans_received']:,} spans).", "",
               "| service | RSS idle (MiB) | RSS peak, single objects (MiB) | CPU, single objects (cores) |",
               "| --- | ---: | ---: | ---: |"]
-    lines += ["", "Where a request's milliseconds go (means, which add up; from the services' /metrics over each "
-              "open-loop run):", "", "| stage | mean (ms) |", "| --- | ---: |"]
-    for key in ("open_1000", "open_5000"):
-        lines += breakdown_rows(RUN_NAMES[key], runs[key]["breakdown"])
     load_services = runs["single"]["services"]
     for name in SERVICES:
         lines.append(f"| {name} | {idle_services[name]['rss_peak_mib']} | {load_services[name]['rss_peak_mib']} | "
                      f"{load_services[name]['cpu_cores']} |")
+    lines += ["", "Where a request's milliseconds go (means, which add up; from the services' /metrics over each "
+              "open-loop run):", "", "| stage | mean (ms) |", "| --- | ---: |"]
+    for state, state_runs in (("fresh", runs), ("aged", aged["clima"])):
+        for key in ("open_1000", "open_5000"):
+            lines += breakdown_rows(f"{state}, {RUN_NAMES[key]}", state_runs[key]["breakdown"])
     return "\n".join(lines) + "\n"
 
 

@@ -6,9 +6,9 @@ use pbjson_types::Timestamp;
 use tokio::sync::OnceCell;
 
 /// Per-minute counters shown when a client does not say.
-pub const DEFAULT_MINUTES: u32 = 15;
+pub(crate) const DEFAULT_MINUTES: u32 = 15;
 /// A day of minutes at most.
-pub const MAX_MINUTES: u32 = 1440;
+pub(crate) const MAX_MINUTES: u32 = 1440;
 
 /// One store, connected on first use so the dashboard starts (and shows the
 /// store as unreachable) even while the store is down.

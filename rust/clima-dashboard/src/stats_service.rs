@@ -8,12 +8,12 @@ use tonic::{Request, Response, Status};
 
 use crate::Stores;
 
-pub struct Stats {
+pub(crate) struct Stats {
     stores: Stores,
 }
 
 impl Stats {
-    pub fn new(stores: Stores) -> Self {
+    pub(crate) fn new(stores: Stores) -> Self {
         Self { stores }
     }
 }

@@ -429,7 +429,7 @@ impl CounterStore {
             invocation.arg(message.partition).arg(message.offset).arg(message.message_id).arg(message.records);
             for record in records.by_ref().take(message.records) {
                 let tweet = record.tweet.as_ref();
-                let weather = tweet.map_or(Weather::Unspecified, |t| t.weather());
+                let weather = tweet.map_or(Weather::Unspecified, clima_proto::v1::Tweet::weather);
                 let id = uuid::Uuid::try_parse(&record.id).map_err(|_| StoreError::InvalidId(record.id.clone()))?;
                 invocation
                     .arg(id.as_bytes().as_slice())

@@ -13,7 +13,10 @@ const MOVED: [(&str, &str, &str); 2] =
 const BROKERS: [&str; 2] = ["kafka", "rabbitmq"];
 
 /// `argv` in the new spelling, and a deprecation warning if it was in the old one.
-pub fn upgrade(mut argv: Vec<OsString>, env: impl Fn(&str) -> Option<String>) -> (Vec<OsString>, Option<String>) {
+pub(crate) fn upgrade(
+    mut argv: Vec<OsString>,
+    env: impl Fn(&str) -> Option<String>,
+) -> (Vec<OsString>, Option<String>) {
     let Some((at, (service, flag, variable))) =
         argv.iter().enumerate().skip(1).find_map(|(at, arg)| Some((at, *MOVED.iter().find(|m| arg == m.0)?)))
     else {

@@ -17,13 +17,13 @@ use opentelemetry_sdk::trace::{SamplingResult, ShouldSample};
 
 /// Wraps the sampler configured by `OTEL_TRACES_SAMPLER`.
 #[derive(Debug, Clone)]
-pub struct IngressSampler {
+pub(crate) struct IngressSampler {
     configured: Box<dyn ShouldSample>,
     trust_remote_parent: bool,
 }
 
 impl IngressSampler {
-    pub fn new(configured: Box<dyn ShouldSample>, trust_remote_parent: bool) -> Self {
+    pub(crate) fn new(configured: Box<dyn ShouldSample>, trust_remote_parent: bool) -> Self {
         Self { configured, trust_remote_parent }
     }
 }

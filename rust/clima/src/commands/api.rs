@@ -6,7 +6,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use crate::{flags::ApiFlags, shutdown, telemetry};
 
 #[derive(Debug, clap::Args)]
-pub struct ApiArgs {
+pub(crate) struct ApiArgs {
     /// Address to listen on for HTTP.
     #[arg(long, env = "CLIMA_API_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -40,7 +40,7 @@ fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let listener = bind(args.listen, args.reuse_port).with_context(|| format!("binding {}", args.listen))?;
     let shutdown = shutdown::on_signal();
     telemetry::serve_admin(

@@ -11,7 +11,7 @@ use clima_bench::Rate;
 use crate::flags::{KafkaFlags, RabbitMqFlags, Span};
 
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     #[command(subcommand)]
     ceiling: Ceiling,
 }
@@ -145,7 +145,7 @@ struct OrderArgs {
     ready_file: PathBuf,
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let rates = match args.ceiling {
         Ceiling::Kafka(args) => {
             let KafkaCeilingArgs { brokers, messages, size, partitions } = args;

@@ -13,7 +13,7 @@ use crate::{
 };
 
 #[derive(Debug, clap::Args)]
-pub struct ConsumerArgs {
+pub(crate) struct ConsumerArgs {
     #[command(subcommand)]
     broker: ConsumerBroker,
 }
@@ -89,7 +89,7 @@ impl ConsumerArgs {
         }
     }
 
-    pub fn service_name(&self) -> &'static str {
+    pub(crate) fn service_name(&self) -> &'static str {
         match self.broker() {
             Broker::Kafka => "clima-consumer-kafka",
             Broker::RabbitMq => "clima-consumer-rabbitmq",
@@ -103,7 +103,7 @@ enum Reader {
     RabbitMq(RabbitMqConfig, RabbitMqSourceConfig),
 }
 
-pub async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
     let broker = args.broker();
     let (counting, reader) = match args.broker {
         ConsumerBroker::Kafka { counting, kafka, source } => (counting, Reader::Kafka(kafka.into(), source.into())),
@@ -147,10 +147,10 @@ pub async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
     let batching = batching.into();
     match reader {
         Reader::Kafka(broker, source) => {
-            clima_consumer::kafka::run(&broker, &source, &batching, &store, shutdown).await?
+            clima_consumer::kafka::run(&broker, &source, &batching, &store, shutdown).await?;
         }
         Reader::RabbitMq(broker, source) => {
-            clima_consumer::rabbitmq::run(&broker, &source, &batching, &store, shutdown).await?
+            clima_consumer::rabbitmq::run(&broker, &source, &batching, &store, shutdown).await?;
         }
     }
     Ok(())

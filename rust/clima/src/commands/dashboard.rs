@@ -10,7 +10,7 @@ use super::stats::StoresArgs;
 use crate::{shutdown, telemetry};
 
 #[derive(Debug, clap::Args)]
-pub struct DashboardArgs {
+pub(crate) struct DashboardArgs {
     /// Address to serve the page, /api/stats and gRPC StatsService on.
     #[arg(long, env = "CLIMA_DASHBOARD_LISTEN", default_value = "127.0.0.1:8090")]
     listen: SocketAddr,
@@ -58,7 +58,7 @@ impl DashboardArgs {
     }
 }
 
-pub async fn run(args: DashboardArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: DashboardArgs) -> anyhow::Result<()> {
     let access = args.access()?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let shutdown = shutdown::on_signal();

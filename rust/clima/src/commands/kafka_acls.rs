@@ -9,14 +9,14 @@ use clima_consumer::kafka::KafkaSourceConfig;
 use crate::flags::{KafkaFlags, KafkaSourceFlags};
 
 #[derive(Debug, clap::Args)]
-pub struct KafkaAclsArgs {
+pub(crate) struct KafkaAclsArgs {
     #[command(flatten)]
     kafka: KafkaFlags,
     #[command(flatten)]
     kafka_source: KafkaSourceFlags,
 }
 
-pub fn run(args: KafkaAclsArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: KafkaAclsArgs) -> anyhow::Result<()> {
     let kafka = KafkaConfig::from(args.kafka);
     let source = KafkaSourceConfig::from(args.kafka_source);
     let mut acls = kafka.writer_acls();

@@ -44,7 +44,7 @@ use super::stats::{StoresArgs, side_by_side, wait_for_totals};
 const DEFAULT_CONNECTIONS: usize = 32;
 
 #[derive(Debug, clap::Args)]
-pub struct LoadArgs {
+pub(crate) struct LoadArgs {
     /// URL of the API's POST /input (http://).
     #[arg(long, env = "CLIMA_LOAD_URL", hide_env_values = true, default_value = "http://127.0.0.1:8080/input")]
     url: String,
@@ -165,7 +165,7 @@ fn latency_histogram() -> Histogram<u64> {
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Serialize)]
-pub struct Percentiles {
+pub(crate) struct Percentiles {
     /// The mean: unlike percentiles, the means of stages add up (ci/bench's breakdown).
     pub mean: f64,
     pub p50: f64,
@@ -247,7 +247,7 @@ struct Counted {
     valkey_post_to_counted_ms: Percentiles,
 }
 
-pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.arrays_batch == 0 || args.concurrency == Some(0) {
         bail!("--batch, --arrays-batch and --concurrency must be at least 1");
     }

@@ -21,7 +21,7 @@ use rdkafka::{
 };
 
 #[derive(Debug, clap::Args)]
-pub struct RecountArgs {
+pub(crate) struct RecountArgs {
     #[command(flatten)]
     kafka: KafkaFlags,
 
@@ -54,7 +54,7 @@ pub struct RecountArgs {
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn run(args: RecountArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: RecountArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let kafka = KafkaConfig::from(args.kafka.clone());
     let topic = kafka.topic.clone();

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clima_store::{CounterStore, Counts, KeySchema, Retention};
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct StoresArgs {
+pub(crate) struct StoresArgs {
     /// Redis URL (counts from Kafka).
     #[arg(
         long = "redis-url",
@@ -29,7 +29,7 @@ pub struct StoresArgs {
 }
 
 impl StoresArgs {
-    pub async fn connect(&self) -> anyhow::Result<(CounterStore, CounterStore)> {
+    pub(crate) async fn connect(&self) -> anyhow::Result<(CounterStore, CounterStore)> {
         let keys = KeySchema::new(&self.key_prefix);
         let redis = CounterStore::connect(&self.redis_url, keys.clone(), Retention::default())
             .await
@@ -42,7 +42,7 @@ impl StoresArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct StatsArgs {
+pub(crate) struct StatsArgs {
     #[command(flatten)]
     stores: StoresArgs,
 
@@ -55,7 +55,7 @@ pub struct StatsArgs {
     minutes: usize,
 }
 
-pub async fn run(args: StatsArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: StatsArgs) -> anyhow::Result<()> {
     let (redis, valkey) = args.stores.connect().await?;
     let (redis, valkey) = tokio::try_join!(redis.read_counts(args.minutes), valkey.read_counts(args.minutes))?;
     if args.json {
@@ -68,7 +68,7 @@ pub async fn run(args: StatsArgs) -> anyhow::Result<()> {
 
 /// Polls both stores until each counted `expected` more tweets than its
 /// `baselines` total, or `timeout` passes; returns their counts then.
-pub async fn wait_for_totals(
+pub(crate) async fn wait_for_totals(
     stores: &(CounterStore, CounterStore),
     baselines: (u64, u64),
     expected: u64,
@@ -95,7 +95,7 @@ pub async fn wait_for_totals(
 }
 
 /// A table with one row per counter and one column per store.
-pub fn side_by_side(columns: &[(&str, &Counts)]) -> String {
+pub(crate) fn side_by_side(columns: &[(&str, &Counts)]) -> String {
     let mut rows: Vec<(String, Vec<u64>)> = vec![("total".into(), columns.iter().map(|(_, c)| c.total).collect())];
     let mut section = |title: &str, pick: fn(&Counts) -> &std::collections::BTreeMap<String, u64>| {
         let keys: BTreeSet<&String> = columns.iter().flat_map(|(_, counts)| pick(counts).keys()).collect();

@@ -11,7 +11,7 @@ use crate::{
 };
 
 #[derive(Debug, clap::Args)]
-pub struct WriterArgs {
+pub(crate) struct WriterArgs {
     #[command(subcommand)]
     broker: WriterBroker,
 }
@@ -61,7 +61,7 @@ impl WriterArgs {
         }
     }
 
-    pub fn service_name(&self) -> &'static str {
+    pub(crate) fn service_name(&self) -> &'static str {
         match self.broker() {
             Broker::Kafka => "clima-writer-kafka",
             Broker::RabbitMq => "clima-writer-rabbitmq",
@@ -69,7 +69,7 @@ impl WriterArgs {
     }
 }
 
-pub async fn run(args: WriterArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: WriterArgs) -> anyhow::Result<()> {
     let (default_port, default_admin_port) = match args.broker() {
         Broker::Kafka => (50051, 9101),
         Broker::RabbitMq => (50052, 9102),

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// The whole pipeline with names (topic, queue, key prefix) of its own.
-pub struct TestStack {
+pub(crate) struct TestStack {
     pub api: String,
     /// Key prefix (and topic, queue, group name) of this stack.
     pub name: String,
@@ -46,7 +46,7 @@ fn writer_config() -> ServerConfig {
 }
 
 impl TestStack {
-    pub async fn spawn() -> Self {
+    pub(crate) async fn spawn() -> Self {
         clima_testkit::test_log();
         let name = unique_name("e2e");
         let kafka = KafkaConfig {
@@ -120,13 +120,13 @@ impl TestStack {
     }
 
     /// POSTs a JSON body to /input; returns the status and the JSON answer.
-    pub async fn post_input(&self, body: &str) -> (u16, Value) {
+    pub(crate) async fn post_input(&self, body: &str) -> (u16, Value) {
         post_json(&self.client, &format!("{}/input", self.api), body).await
     }
 
     /// Waits until both stores counted `total` tweets, then a little longer
     /// (so that an extra, wrong count would show), and returns their counts.
-    pub async fn counted(&self, total: u64) -> (Counts, Counts) {
+    pub(crate) async fn counted(&self, total: u64) -> (Counts, Counts) {
         eventually(Duration::from_secs(60), || async {
             let (redis, valkey) = (self.redis.read_counts(1).await.unwrap(), self.valkey.read_counts(1).await.unwrap());
             (redis.total >= total && valkey.total >= total).then_some(())
@@ -137,7 +137,7 @@ impl TestStack {
     }
 
     /// Waits until Valkey counted `total` tweets (then a little longer), and returns its counts.
-    pub async fn valkey_counted(&self, total: u64) -> Counts {
+    pub(crate) async fn valkey_counted(&self, total: u64) -> Counts {
         let counted = || async { (self.valkey.read_counts(1).await.unwrap().total >= total).then_some(()) };
         eventually(Duration::from_secs(60), counted).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -145,7 +145,7 @@ impl TestStack {
     }
 }
 
-pub async fn post_json(client: &reqwest::Client, url: &str, body: &str) -> (u16, Value) {
+pub(crate) async fn post_json(client: &reqwest::Client, url: &str, body: &str) -> (u16, Value) {
     let response =
         client.post(url).header("content-type", "application/json").body(body.to_owned()).send().await.unwrap();
     let status = response.status().as_u16();

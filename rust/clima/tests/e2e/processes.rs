@@ -24,7 +24,7 @@ use tokio::{net::TcpListener, process::Child};
 
 /// Every span received, with the `service.name` of the process that sent it.
 #[derive(Clone, Default)]
-pub struct Collector {
+pub(crate) struct Collector {
     spans: Arc<Mutex<Vec<(String, Span)>>>,
 }
 
@@ -57,7 +57,7 @@ impl TraceService for Collector {
 
 impl Collector {
     /// A collector serving OTLP/gRPC on a free port, and that port.
-    pub async fn serve() -> (Self, SocketAddr) {
+    pub(crate) async fn serve() -> (Self, SocketAddr) {
         let collector = Self::default();
         let otlp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = otlp.local_addr().unwrap();
@@ -70,16 +70,16 @@ impl Collector {
     }
 
     /// Every span received from `service`.
-    pub fn spans_of_service(&self, service: &str) -> Vec<Span> {
+    pub(crate) fn spans_of_service(&self, service: &str) -> Vec<Span> {
         self.spans.lock().unwrap().iter().filter(|(name, _)| name == service).map(|(_, span)| span.clone()).collect()
     }
 
-    pub fn spans_of_trace(&self, trace_id: &[u8]) -> Vec<(String, Span)> {
+    pub(crate) fn spans_of_trace(&self, trace_id: &[u8]) -> Vec<(String, Span)> {
         self.spans.lock().unwrap().iter().filter(|(_, span)| span.trace_id == trace_id).cloned().collect()
     }
 }
 
-pub struct ProcessStack {
+pub(crate) struct ProcessStack {
     pub api: String,
     /// Admin (/metrics) address of each service, by OpenTelemetry service name.
     pub admin: Vec<(&'static str, SocketAddr)>,
@@ -89,12 +89,12 @@ pub struct ProcessStack {
     children: Vec<Child>,
 }
 
-pub async fn free_port() -> SocketAddr {
+pub(crate) async fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap()
 }
 
 impl ProcessStack {
-    pub async fn spawn() -> Self {
+    pub(crate) async fn spawn() -> Self {
         let name = unique_name("proc");
         let (collector, otlp_address) = Collector::serve().await;
 
@@ -202,7 +202,7 @@ impl ProcessStack {
     }
 
     /// Waits until both stores counted `total` tweets.
-    pub async fn wait_counted(&self, total: u64) {
+    pub(crate) async fn wait_counted(&self, total: u64) {
         let counted = clima_testkit::eventually(Duration::from_secs(60), || async {
             let both =
                 (self.redis.read_counts(1).await.unwrap().total, self.valkey.read_counts(1).await.unwrap().total);
@@ -212,7 +212,7 @@ impl ProcessStack {
         assert!(counted.is_some(), "tweets not counted in 60 s");
     }
 
-    pub async fn metrics(&self, service: &str) -> String {
+    pub(crate) async fn metrics(&self, service: &str) -> String {
         let address = self.admin.iter().find(|(name, _)| *name == service).unwrap().1;
         reqwest::get(format!("http://{address}/metrics")).await.unwrap().text().await.unwrap()
     }
@@ -224,7 +224,7 @@ fn args(values: &[&str]) -> Vec<String> {
 
 /// The sum of the samples of `name` whose labels include all of `labels`,
 /// from Prometheus text format.
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {

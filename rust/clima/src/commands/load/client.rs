@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// What one request attempt came to.
-pub enum Outcome {
+pub(super) enum Outcome {
     /// 202, with the number of tweets the API accepted.
     Accepted(u64),
     /// 4xx: the request is wrong and retrying will not help.
@@ -22,14 +22,14 @@ pub enum Outcome {
 }
 
 /// Where requests go, parsed once.
-pub struct Target {
+pub(super) struct Target {
     uri: http::Uri,
     authority: String,
     address: String,
 }
 
 impl Target {
-    pub fn parse(url: &str) -> anyhow::Result<Self> {
+    pub(super) fn parse(url: &str) -> anyhow::Result<Self> {
         let uri: http::Uri = url.parse().with_context(|| format!("invalid URL {url:?}"))?;
         anyhow::ensure!(uri.scheme_str() == Some("http"), "only http:// URLs are supported, not {url:?}");
         let authority = uri.authority().context("the URL has no host")?.to_string();
@@ -37,7 +37,7 @@ impl Target {
         Ok(Self { uri, authority, address })
     }
 
-    pub async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    pub(super) async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
         let stream =
             TcpStream::connect(&self.address).await.with_context(|| format!("connecting to {}", self.address))?;
         stream.set_nodelay(true)?;
@@ -52,14 +52,14 @@ impl Target {
 
 /// Idle keep-alive connections, shared by the requests of an open-loop run.
 #[derive(Default)]
-pub struct Pool {
+pub(super) struct Pool {
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
 }
 
 impl Pool {
     /// Sends one request on an idle connection (or a new one) and returns the
     /// connection to the pool if it is still usable.
-    pub async fn post(&self, target: &Target, body: Bytes, idempotency_key: &str) -> Outcome {
+    pub(super) async fn post(&self, target: &Target, body: Bytes, idempotency_key: &str) -> Outcome {
         let idle = self.idle.lock().expect("pool lock").pop();
         let mut connection = match idle {
             Some(connection) if !connection.is_closed() => connection,
@@ -77,7 +77,7 @@ impl Pool {
 }
 
 /// `POST` the JSON body with an Idempotency-Key on `connection`.
-pub async fn post(
+pub(super) async fn post(
     connection: &mut SendRequest<Full<Bytes>>,
     target: &Target,
     body: Bytes,

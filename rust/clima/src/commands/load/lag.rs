@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 /// Samples of (time since start, cumulative tweets).
 type Series = Vec<(Duration, u64)>;
 
-pub struct LagProbe {
+pub(super) struct LagProbe {
     /// Tweets whose first request attempt has started; the senders add to it.
     pub sent: Arc<AtomicU64>,
     sent_series: Arc<Mutex<Series>>,
@@ -33,7 +33,7 @@ pub struct LagProbe {
 
 impl LagProbe {
     /// Starts sampling; store totals are reported relative to `baselines`.
-    pub fn start(started: Instant, stores: (CounterStore, CounterStore), baselines: (u64, u64)) -> Self {
+    pub(super) fn start(started: Instant, stores: (CounterStore, CounterStore), baselines: (u64, u64)) -> Self {
         let sent = Arc::new(AtomicU64::new(0));
         let sent_series = Arc::new(Mutex::new(Vec::new()));
         let counted_series = Arc::new(Mutex::new([Vec::new(), Vec::new()]));
@@ -67,7 +67,7 @@ impl LagProbe {
 
     /// Stops sampling; per store (Redis, Valkey): the latency histogram in
     /// microseconds and when the store had counted `expected` tweets.
-    pub fn finish(&self, expected: u64) -> [(Histogram<u64>, Option<Duration>); 2] {
+    pub(super) fn finish(&self, expected: u64) -> [(Histogram<u64>, Option<Duration>); 2] {
         self.stop.cancel();
         let sent = self.sent_series.lock().expect("series lock").clone();
         let counted = self.counted_series.lock().expect("series lock").clone();
@@ -77,7 +77,7 @@ impl LagProbe {
     /// Per store, while sampling goes on: the POST→counted latency of the
     /// tweets counted within `window`, and the backlog at its end (tweets
     /// sent but not counted yet).
-    pub fn window(&self, window: Range<Duration>) -> [(Histogram<u64>, u64); 2] {
+    pub(super) fn window(&self, window: Range<Duration>) -> [(Histogram<u64>, u64); 2] {
         let sent = self.sent_series.lock().expect("series lock").clone();
         let counted = self.counted_series.lock().expect("series lock").clone();
         let sent_by_end = sent.iter().take_while(|(at, _)| *at < window.end).last().map_or(0, |&(_, total)| total);

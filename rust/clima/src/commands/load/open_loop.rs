@@ -12,14 +12,14 @@ use serde::Serialize;
 use super::{Plan, Tally, client::Pool, send};
 
 /// A run that sent more than 1 % slower than asked fell behind its schedule.
-pub const MAX_SHORTFALL: f64 = 0.01;
+pub(super) const MAX_SHORTFALL: f64 = 0.01;
 
 /// Lateness of the last request that the rule forgives: timer and scheduler
 /// jitter on a busy machine, which would otherwise fail a run of a few seconds.
-pub const JITTER: Duration = Duration::from_millis(50);
+pub(super) const JITTER: Duration = Duration::from_millis(50);
 
 /// One stream of requests on a fixed schedule.
-pub struct Stream {
+pub(super) struct Stream {
     pub plan: Plan,
     /// Tweets per second.
     pub rate: f64,
@@ -43,14 +43,14 @@ impl Stream {
 /// The default cap on requests in flight: one second's worth of every
 /// stream's requests, so the cap throttles only a server that takes over a
 /// second to answer (and then [`Schedule::behind`] says so).
-pub fn default_in_flight(streams: &[Stream]) -> usize {
+pub(super) fn default_in_flight(streams: &[Stream]) -> usize {
     let per_second: f64 = streams.iter().map(|stream| stream.rate / stream.plan.batch as f64).sum();
     (per_second.ceil() as usize).max(1)
 }
 
 /// How well a stream kept its schedule.
 #[derive(Debug, Clone, Serialize)]
-pub struct Schedule {
+pub(super) struct Schedule {
     pub asked_tweets_per_s: f64,
     /// Tweets over the time from the start until the last request left (plus
     /// one interval, so a kept schedule gives exactly the asked rate).
@@ -70,7 +70,7 @@ impl Schedule {
     /// The rule: a stream whose schedule lasts `schedule` and whose last
     /// request left `last_delay` after it was due sent at
     /// schedule / (schedule + last_delay) of the asked rate.
-    pub fn of(asked_tweets_per_s: f64, schedule: Duration, last_delay: Duration, max_delay: Duration) -> Self {
+    pub(super) fn of(asked_tweets_per_s: f64, schedule: Duration, last_delay: Duration, max_delay: Duration) -> Self {
         let shortfall =
             |late: Duration| 1.0 - schedule.as_secs_f64() / (schedule + late).as_secs_f64().max(f64::EPSILON);
         Self {
@@ -85,7 +85,11 @@ impl Schedule {
 
 /// Runs every stream at once, at most `max_in_flight` requests in flight in
 /// all; per stream, what its requests came to and how well it kept its schedule.
-pub async fn run(streams: Vec<Stream>, max_in_flight: usize, seed: u64) -> anyhow::Result<Vec<(Tally, Schedule)>> {
+pub(super) async fn run(
+    streams: Vec<Stream>,
+    max_in_flight: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<(Tally, Schedule)>> {
     let pool = Arc::new(Pool::default());
     let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
     let start = tokio::time::Instant::now();

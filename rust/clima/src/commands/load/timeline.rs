@@ -23,11 +23,11 @@ use super::{Percentiles, lag::LagProbe, latency_histogram};
 
 /// How many intervals at each end of the run are compared (README's soak rule:
 /// the last 5 minutes' p99 against the first 5 minutes').
-pub const EDGE_INTERVALS: usize = 5;
+pub(super) const EDGE_INTERVALS: usize = 5;
 
 /// One interval's figures, as printed and as written to `--timeline`.
 #[derive(Debug, Serialize)]
-pub struct IntervalReport {
+pub(super) struct IntervalReport {
     pub index: usize,
     pub start_s: f64,
     pub end_s: f64,
@@ -42,14 +42,14 @@ pub struct IntervalReport {
 }
 
 #[derive(Debug, Serialize)]
-pub struct StoreInterval {
+pub(super) struct StoreInterval {
     pub post_to_counted_ms: Percentiles,
     pub backlog: u64,
 }
 
 /// The main stream's latency over the first and the last [`EDGE_INTERVALS`] intervals.
 #[derive(Debug, Serialize)]
-pub struct Edges {
+pub(super) struct Edges {
     pub intervals: usize,
     pub first: Percentiles,
     pub last: Percentiles,
@@ -68,7 +68,7 @@ struct Closed {
     last: VecDeque<Histogram<u64>>,
 }
 
-pub struct Timeline {
+pub(super) struct Timeline {
     started: Instant,
     every: Duration,
     current: Mutex<Current>,
@@ -77,7 +77,7 @@ pub struct Timeline {
 }
 
 impl Timeline {
-    pub fn new(started: Instant, every: Duration, file: Option<&Path>) -> anyhow::Result<Self> {
+    pub(super) fn new(started: Instant, every: Duration, file: Option<&Path>) -> anyhow::Result<Self> {
         let file = match file {
             Some(path) => Some(Mutex::new(std::fs::File::create(path)?)),
             None => None,
@@ -93,7 +93,7 @@ impl Timeline {
 
     /// Notes one answered request: its latency (main stream only) and how
     /// many of its tweets were accepted or failed.
-    pub fn record(&self, latency_micros: Option<u64>, accepted: u64, failed: u64) {
+    pub(super) fn record(&self, latency_micros: Option<u64>, accepted: u64, failed: u64) {
         let mut current = self.current.lock().expect("timeline lock");
         if let Some(micros) = latency_micros {
             current.latency.saturating_record(micros);
@@ -104,7 +104,7 @@ impl Timeline {
 
     /// Ends the running interval now: prints its line, appends it to the
     /// timeline file and starts the next one.
-    pub fn close_interval(&self, probe: Option<&LagProbe>) -> anyhow::Result<()> {
+    pub(super) fn close_interval(&self, probe: Option<&LagProbe>) -> anyhow::Result<()> {
         // The clock is read under the lock, so two closes never overlap.
         let (interval, end) = {
             let mut current = self.current.lock().expect("timeline lock");
@@ -153,7 +153,7 @@ impl Timeline {
 
     /// Every interval's report, and the edges once the run had at least two
     /// edges' worth of intervals (otherwise they would overlap).
-    pub fn finish(&self) -> (Vec<IntervalReport>, Option<Edges>) {
+    pub(super) fn finish(&self) -> (Vec<IntervalReport>, Option<Edges>) {
         let closed = std::mem::replace(&mut *self.closed.lock().expect("timeline lock"), Closed::empty());
         let full =
             closed.reports.iter().filter(|report| report.end_s - report.start_s >= self.every.as_secs_f64() / 2.0);
