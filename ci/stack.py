@@ -52,9 +52,9 @@ def service_settings():
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[1:-1]
         environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
         env = sorted(var for var in environ if var.startswith(("CLIMA_", "OTEL_", "TOKIO_")))
-        # URLs, keys and client options can carry credentials: their names only.
-        env = [var.split("=", 1)[0] + "=…" if re.search(r"_(URL|KEY|OPTIONS|PASSWORD)\b", var.split("=", 1)[0])
-               else var for var in env]
+        # URLs, keys, headers and client options can carry credentials: their names only.
+        secret = re.compile(r"_(URL|KEY|OPTIONS|PASSWORD|HEADERS|TOKEN|SECRET)\b")
+        env = [var.split("=", 1)[0] + "=…" if secret.search(var.split("=", 1)[0]) else var for var in env]
         settings[name] = " ".join(argv + env)
     return settings
 

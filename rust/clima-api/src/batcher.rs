@@ -38,6 +38,10 @@ struct Pending {
     span: Span,
     /// When it was handed to the dispatcher.
     queued: Instant,
+    /// Whether its stages are timed: not for the parts of a request cut into
+    /// several batches, which run side by side (their stages would not add
+    /// up to the request's time).
+    timed: bool,
     done: oneshot::Sender<Answer>,
 }
 
@@ -64,23 +68,25 @@ impl Batcher {
     /// several batches, all of which must be confirmed.
     pub(crate) async fn publish(&self, mut records: Vec<TweetRecord>) -> Result<(), ApiError> {
         if records.len() <= self.max_tweets {
-            return self.publish_batch(records).await;
+            return self.publish_batch(records, true).await;
         }
         let mut parts = Vec::with_capacity(records.len().div_ceil(self.max_tweets));
         while !records.is_empty() {
             let rest = records.split_off(records.len().min(self.max_tweets));
-            parts.push(self.publish_batch(std::mem::replace(&mut records, rest)));
+            parts.push(self.publish_batch(std::mem::replace(&mut records, rest), false));
         }
         futures::future::try_join_all(parts).await.map(drop)
     }
 
-    async fn publish_batch(&self, records: Vec<TweetRecord>) -> Result<(), ApiError> {
+    async fn publish_batch(&self, records: Vec<TweetRecord>, timed: bool) -> Result<(), ApiError> {
         let (done, answer) = oneshot::channel();
-        let pending = Pending { records, span: Span::current(), queued: Instant::now(), done };
+        let pending = Pending { records, span: Span::current(), queued: Instant::now(), timed, done };
         self.queue.send(pending).await.map_err(|_| ApiError::Unavailable("the API is shutting down".into()))?;
         match answer.await {
             Ok(Answer { result, sent }) => {
-                api_request_stage(ApiStage::Wake, sent.elapsed());
+                if timed {
+                    api_request_stage(ApiStage::Wake, sent.elapsed());
+                }
                 result.map_err(ApiError::Unavailable)
             }
             Err(_) => Err(ApiError::Unavailable("the batch was abandoned; retry the request".into())),
@@ -136,17 +142,21 @@ async fn publish_batch(writers: &Writers, batch: Vec<Pending>, tweets: usize) {
     let mut spans = Vec::with_capacity(batch.len());
     let mut answers = Vec::with_capacity(batch.len());
     for request in batch {
-        api_request_stage(ApiStage::Queue, request.queued.elapsed());
+        if request.timed {
+            api_request_stage(ApiStage::Queue, request.queued.elapsed());
+        }
         records.extend(request.records);
         spans.push(request.span);
-        answers.push(request.done);
+        answers.push((request.done, request.timed));
     }
     let started = Instant::now();
     let result = writers.publish(&records, &spans).await.map_err(|error| error.to_string());
-    let took = started.elapsed();
-    for answer in answers {
-        api_request_stage(ApiStage::Writers, took);
+    let sent = Instant::now();
+    for (answer, timed) in answers {
+        if timed {
+            api_request_stage(ApiStage::Writers, sent - started);
+        }
         // A request whose client went away no longer listens; nothing to tell it.
-        let _ = answer.send(Answer { result: result.clone(), sent: Instant::now() });
+        let _ = answer.send(Answer { result: result.clone(), sent });
     }
 }

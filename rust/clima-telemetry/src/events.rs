@@ -83,8 +83,9 @@ pub fn api_batch_sent(tweets: usize, requests: usize) {
 
 /// A stage of a `POST /input` request in the API (the `stage` label of
 /// `clima_api_request_stage_seconds`): where a request's time goes, stage by
-/// stage, so that their means add up to the handler's (ARCHITECTURE.md's
-/// latency breakdown comes from them).
+/// stage, so that their means add up to the handler's (ARCHITECTURE.md,
+/// "Where a request's time goes"). A request cut into several batches (an
+/// array over --batch-max-tweets) times only its body and decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiStage {
     /// Reading the body off the connection.
