@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use clima_proto::v1::TweetRecord;
-use clima_telemetry::events;
+use clima_telemetry::{events, readiness::Readiness};
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
@@ -54,19 +54,25 @@ impl<S: Source> Batch<S> {
 /// dead-lettered ([`AckTiming::BeforeStore`] acknowledges before the count, to
 /// measure what that loses). Whatever is in hand at shutdown or at a broker
 /// failure stays unacknowledged, for the broker to deliver again.
+///
+/// `health` is the consumer's readiness (`/readyz`): ready while the source
+/// is connected and the store takes writes; not while it reconnects to the
+/// broker or retries the store.
 pub async fn run<S: Source, T: Tally<S::Position>>(
     source: &mut S,
     tally: &T,
     batching: &BatchConfig,
     shutdown: &CancellationToken,
+    health: &Readiness,
 ) {
+    health.set(true);
     loop {
         let batch = tokio::select! {
             batch = fill(source, batching) => batch,
             () = shutdown.cancelled() => break,
         };
         let settled = match batch {
-            Ok(batch) => settle(source, tally, batch, batching.ack, shutdown).await,
+            Ok(batch) => settle(source, tally, batch, batching.ack, shutdown, health).await,
             Err(error) => Err(error),
         };
         match settled {
@@ -74,9 +80,11 @@ pub async fn run<S: Source, T: Tally<S::Position>>(
             Ok(false) => break,
             Err(error) => {
                 tracing::warn!(%error, source = S::BROKER.as_str(), "broker failed; reconnecting (the batch in hand will be delivered again)");
+                health.set(false);
                 if !source.recover(shutdown).await {
                     break;
                 }
+                health.set(true);
             }
         }
     }
@@ -108,6 +116,7 @@ async fn settle<S: Source, T: Tally<S::Position>>(
     batch: Batch<S>,
     ack: AckTiming,
     shutdown: &CancellationToken,
+    health: &Readiness,
 ) -> Result<bool, ConsumerError> {
     for (original, reason) in &batch.rejected {
         tokio::select! {
@@ -120,7 +129,7 @@ async fn settle<S: Source, T: Tally<S::Position>>(
         source.ack(&batch.acks, ack).await?;
     }
     if !batch.positions.is_empty()
-        && !count_until_stored::<S, T>(tally, &batch.records, &batch.positions, &batch.spans, shutdown).await
+        && !count_until_stored::<S, T>(tally, &batch.records, &batch.positions, &batch.spans, shutdown, health).await
     {
         // Uncounted: unacknowledged, the broker delivers it again (acknowledged
         // before the store, it is lost: what that design gives up).
@@ -154,6 +163,7 @@ async fn count_until_stored<S: Source, T: Tally<S::Position>>(
     positions: &[S::Position],
     process_spans: &[Span],
     shutdown: &CancellationToken,
+    health: &Readiness,
 ) -> bool {
     let store = tally.store();
     let system = store.as_str();
@@ -178,6 +188,7 @@ async fn count_until_stored<S: Source, T: Tally<S::Position>>(
         if counted.is_err() {
             events::store_write_failed(store);
         }
+        health.set(counted.is_ok());
         counted
     };
     let Some(new) = retry_until_ok("store write", shutdown, count).await else { return false };

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use clima_broker::kafka::{KafkaConfig, trace_headers};
 use clima_proto::v1::TweetRecord;
 use clima_store::{CounterStore, LogPosition};
-use clima_telemetry::events::{self, Broker, Store};
+use clima_telemetry::{
+    events::{self, Broker, Store},
+    readiness::Readiness,
+};
 use clima_tweet::envelope;
 use rdkafka::{
     ClientContext, Message as _, Offset, Statistics, TopicPartitionList,
@@ -124,9 +127,10 @@ pub async fn run(
     batching: &BatchConfig,
     store: &CounterStore,
     shutdown: CancellationToken,
+    health: &Readiness,
 ) -> Result<(), ConsumerError> {
     let Some(mut source) = KafkaSource::connect(broker, source, store, &shutdown).await? else { return Ok(()) };
-    crate::driver::run(&mut source, &TopicTally { store, topic: &broker.topic }, batching, &shutdown).await;
+    crate::driver::run(&mut source, &TopicTally { store, topic: &broker.topic }, batching, &shutdown, health).await;
     Ok(())
 }
 

@@ -6,7 +6,10 @@ use std::time::Duration;
 use clima_broker::rabbitmq::{RabbitMqConfig, trace_headers};
 use clima_proto::v1::TweetRecord;
 use clima_store::{CounterStore, Delivered};
-use clima_telemetry::events::{self, Broker, Store};
+use clima_telemetry::{
+    events::{self, Broker, Store},
+    readiness::Readiness,
+};
 use clima_tweet::envelope;
 use futures::StreamExt;
 use lapin::{
@@ -126,9 +129,10 @@ pub async fn run(
     batching: &BatchConfig,
     store: &CounterStore,
     shutdown: CancellationToken,
+    health: &Readiness,
 ) -> Result<(), ConsumerError> {
     let Some(mut source) = RabbitMqSource::connect(broker, source, &shutdown).await else { return Ok(()) };
-    crate::driver::run(&mut source, store, batching, &shutdown).await;
+    crate::driver::run(&mut source, store, batching, &shutdown, health).await;
     Ok(())
 }
 

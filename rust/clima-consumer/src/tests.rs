@@ -8,6 +8,7 @@ use clima_broker::{
 };
 use clima_proto::v1::{TweetRecord, Weather};
 use clima_store::{CounterStore, Counts, KeySchema, Retention};
+use clima_telemetry::readiness::Readiness;
 use clima_testkit::{amqp_url, kafka_brokers, record, redis_url, unique_name, valkey_url};
 use clima_writer::{
     Sink,
@@ -80,7 +81,10 @@ async fn kafka_to_redis_counts_once_dead_letters_poison_and_commits() {
     let shutdown = CancellationToken::new();
     let consumer = tokio::spawn({
         let (broker, source, store, shutdown) = (broker.clone(), source.clone(), store.clone(), shutdown.clone());
-        async move { crate::kafka::run(&broker, &source, &BatchConfig::default(), &store, shutdown).await }
+        async move {
+            crate::kafka::run(&broker, &source, &BatchConfig::default(), &store, shutdown, &Readiness::not_ready())
+                .await
+        }
     });
     assert_counts(&counted(&store, 5).await);
     shutdown.cancel();
@@ -92,7 +96,10 @@ async fn kafka_to_redis_counts_once_dead_letters_poison_and_commits() {
     let shutdown = CancellationToken::new();
     let consumer = tokio::spawn({
         let (store, shutdown, broker) = (second_store.clone(), shutdown.clone(), broker.clone());
-        async move { crate::kafka::run(&broker, &source, &BatchConfig::default(), &store, shutdown).await }
+        async move {
+            crate::kafka::run(&broker, &source, &BatchConfig::default(), &store, shutdown, &Readiness::not_ready())
+                .await
+        }
     });
     // The poison message went to the dead-letter topic, with its reason.
     let dead_letters: rdkafka::consumer::StreamConsumer = broker
@@ -147,8 +154,15 @@ async fn rabbitmq_to_valkey_counts_once_dead_letters_poison_and_acks() {
     let consumer = tokio::spawn({
         let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
         async move {
-            crate::rabbitmq::run(&broker, &RabbitMqSourceConfig::default(), &BatchConfig::default(), &store, shutdown)
-                .await
+            crate::rabbitmq::run(
+                &broker,
+                &RabbitMqSourceConfig::default(),
+                &BatchConfig::default(),
+                &store,
+                shutdown,
+                &Readiness::not_ready(),
+            )
+            .await
         }
     });
     assert_counts(&counted(&store, 5).await);
@@ -214,7 +228,10 @@ async fn a_message_delivered_too_often_is_dead_lettered_with_its_id_not_dropped(
     let shutdown = CancellationToken::new();
     let consumer = tokio::spawn({
         let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
-        async move { crate::rabbitmq::run(&broker, &source, &BatchConfig::default(), &store, shutdown).await }
+        async move {
+            crate::rabbitmq::run(&broker, &source, &BatchConfig::default(), &store, shutdown, &Readiness::not_ready())
+                .await
+        }
     });
     let dead_letter_queue = crate::rabbitmq::dead_letter_queue(&broker.queue);
     // As the consumer declares it: a get from a missing queue would close the channel.
@@ -311,7 +328,7 @@ async fn acking_before_the_store_commits_a_batch_it_never_counted() {
         consumers.push((source.group.clone(), server, store.clone(), admin));
         tokio::spawn({
             let (broker, shutdown) = (broker.clone(), shutdown.clone());
-            async move { crate::kafka::run(&broker, &source, &batching, &store, shutdown).await }
+            async move { crate::kafka::run(&broker, &source, &batching, &store, shutdown, &Readiness::not_ready()).await }
         });
     }
     // A blocking call (librdkafka), kept off the runtime the consumers run on.
@@ -370,7 +387,17 @@ async fn a_replay_by_a_new_group_after_the_dedupe_window_counts_nothing_twice() 
             let source = KafkaSourceConfig { group };
             let consumer = tokio::spawn({
                 let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
-                async move { crate::kafka::run(&broker, &source, &BatchConfig::default(), &store, shutdown).await }
+                async move {
+                    crate::kafka::run(
+                        &broker,
+                        &source,
+                        &BatchConfig::default(),
+                        &store,
+                        shutdown,
+                        &Readiness::not_ready(),
+                    )
+                    .await
+                }
             });
             let counts = counted(&store, until_total).await;
             shutdown.cancel();
@@ -407,7 +434,17 @@ async fn a_fresh_store_adopts_the_groups_committed_offsets() {
             let shutdown = CancellationToken::new();
             let consumer = tokio::spawn({
                 let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
-                async move { crate::kafka::run(&broker, &source, &BatchConfig::default(), &store, shutdown).await }
+                async move {
+                    crate::kafka::run(
+                        &broker,
+                        &source,
+                        &BatchConfig::default(),
+                        &store,
+                        shutdown,
+                        &Readiness::not_ready(),
+                    )
+                    .await
+                }
             });
             tokio::time::sleep(settle).await;
             shutdown.cancel();

@@ -11,8 +11,16 @@ use clap::{Parser, Subcommand};
 
 /// mimalloc: per-request allocations were a sixth of the API's CPU time with
 /// glibc's malloc (perf, ci/bench), and it returns memory to the system sooner.
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `--features dhat-heap`: a heap profile of the process instead, written to
+/// `dhat-heap.json` when it exits (what holds the memory at its peak, by call
+/// site; ARCHITECTURE.md, "Where a request's time goes").
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
 
 /// Tweets del Clima: weather reports over HTTP, published to Kafka and
 /// RabbitMQ, counted exactly once in Redis and Valkey.
@@ -80,6 +88,8 @@ impl Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    #[cfg(feature = "dhat-heap")]
+    let _heap_profile = dhat::Profiler::new_heap();
     let (argv, deprecation) = deprecated::upgrade(std::env::args_os().collect(), |name| std::env::var(name).ok());
     let cli = Cli::parse_from(argv);
     let telemetry = telemetry::init(&cli.telemetry, cli.command.service_name(), cli.command.trusts_callers_sampling())?;

@@ -12,7 +12,10 @@ use std::{
 };
 
 use clima_proto::v1::TweetRecord;
-use clima_telemetry::events::{Broker, Store};
+use clima_telemetry::{
+    events::{Broker, Store},
+    readiness::Readiness,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -126,6 +129,8 @@ struct Run {
     told: Vec<Vec<u64>>,
     store_calls: usize,
     counted_ids: usize,
+    /// The consumer's readiness when the run ended.
+    ready: bool,
 }
 
 /// Runs the driver over `inbox` until `done` holds for the journal (on a
@@ -150,6 +155,7 @@ async fn drive(
         seen: Mutex::default(),
     };
     let shutdown = CancellationToken::new();
+    let health = Readiness::not_ready();
     let watch = async {
         let finished = clima_testkit::eventually(Duration::from_secs(600), || async {
             done(&journal.lock().unwrap(), tally.calls.load(Ordering::SeqCst)).then_some(())
@@ -158,11 +164,17 @@ async fn drive(
         shutdown.cancel();
         finished
     };
-    let ((), finished) = tokio::join!(super::run(&mut source, &tally, &batching, &shutdown), watch);
+    let ((), finished) = tokio::join!(super::run(&mut source, &tally, &batching, &shutdown, &health), watch);
     let events = journal.lock().unwrap().clone();
     assert!(finished.is_some(), "the driver never got there: {events:?}");
     let told = told.lock().unwrap().clone();
-    Run { events, told, store_calls: tally.calls.load(Ordering::SeqCst), counted_ids: tally.seen.lock().unwrap().len() }
+    Run {
+        events,
+        told,
+        store_calls: tally.calls.load(Ordering::SeqCst),
+        counted_ids: tally.seen.lock().unwrap().len(),
+        ready: health.is_ready(),
+    }
 }
 
 fn acked(events: &[Event]) -> usize {
@@ -176,6 +188,7 @@ async fn a_batch_is_acked_only_after_the_store_counted_it() {
     assert_eq!(run.events, [Event::Counted(vec![1, 2, 3]), Event::Acked(vec![1, 2, 3], AckTiming::AfterStore)]);
     assert_eq!(run.counted_ids, 4, "b came twice and counts once");
     assert_eq!(run.told, [vec![1, 2, 3]]);
+    assert!(run.ready, "ready while the source and the store work");
 }
 
 #[tokio::test(start_paused = true)]
@@ -192,6 +205,7 @@ async fn a_failing_store_is_retried_until_it_counts_and_only_then_acked() {
     let run = drive(inbox, BatchConfig::default(), 3, 0, |events, _| acked(events) == 1).await;
     assert_eq!(run.store_calls, 4, "three failed calls, then the one that counted");
     assert_eq!(run.events, [Event::Counted(vec![1, 2]), Event::Acked(vec![1, 2], AckTiming::AfterStore)]);
+    assert!(run.ready, "ready again once the store counted");
 }
 
 #[tokio::test(start_paused = true)]
@@ -199,6 +213,7 @@ async fn shutdown_while_the_store_fails_leaves_the_batch_unacked() {
     let inbox = vec![tweets(1, &["a"])];
     let run = drive(inbox, BatchConfig::default(), usize::MAX, 0, |_, calls| calls >= 3).await;
     assert_eq!(run.events, [], "nothing counted, so nothing acked: the broker delivers it again");
+    assert!(!run.ready, "not ready while the store refuses writes");
 }
 
 #[tokio::test(start_paused = true)]
@@ -229,6 +244,7 @@ async fn a_broker_failure_drops_the_batch_in_hand_unacked_and_reconnects() {
         [Event::Recovered, Event::Counted(vec![2]), Event::Acked(vec![2], AckTiming::AfterStore)],
         "message 1 was neither counted nor acked: its broker delivers it again after the reconnect"
     );
+    assert!(run.ready, "ready again after the reconnect");
 }
 
 #[tokio::test(start_paused = true)]

@@ -123,9 +123,12 @@ pub(crate) async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
         Broker::Kafka => 9103,
         Broker::RabbitMq => 9104,
     };
+    // Ready once the store and the broker are connected, and not while the
+    // consumer reconnects to either (the driver says).
+    let health = telemetry::Readiness::not_ready();
     telemetry::serve_admin(
         admin.listen.unwrap_or(([127, 0, 0, 1], default_admin_port).into()),
-        telemetry::Readiness::ready(),
+        health.clone(),
         &shutdown,
     )
     .await?;
@@ -147,10 +150,10 @@ pub(crate) async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
     let batching = batching.into();
     match reader {
         Reader::Kafka(broker, source) => {
-            clima_consumer::kafka::run(&broker, &source, &batching, &store, shutdown).await?;
+            clima_consumer::kafka::run(&broker, &source, &batching, &store, shutdown, &health).await?;
         }
         Reader::RabbitMq(broker, source) => {
-            clima_consumer::rabbitmq::run(&broker, &source, &batching, &store, shutdown).await?;
+            clima_consumer::rabbitmq::run(&broker, &source, &batching, &store, shutdown, &health).await?;
         }
     }
     Ok(())

@@ -81,13 +81,18 @@ impl TestStack {
         tokio::spawn({
             let (store, shutdown, kafka) = (redis.clone(), shutdown.clone(), kafka.clone());
             let source = KafkaSourceConfig { group: name.clone() };
-            async move { clima_consumer::kafka::run(&kafka, &source, &BatchConfig::default(), &store, shutdown).await }
+            let health = clima_telemetry::readiness::Readiness::not_ready();
+            async move {
+                clima_consumer::kafka::run(&kafka, &source, &BatchConfig::default(), &store, shutdown, &health).await
+            }
         });
         tokio::spawn({
             let (store, shutdown) = (valkey.clone(), shutdown.clone());
             async move {
                 let source = RabbitMqSourceConfig::default();
-                clima_consumer::rabbitmq::run(&rabbitmq, &source, &BatchConfig::default(), &store, shutdown).await
+                let health = clima_telemetry::readiness::Readiness::not_ready();
+                clima_consumer::rabbitmq::run(&rabbitmq, &source, &BatchConfig::default(), &store, shutdown, &health)
+                    .await
             }
         });
 

@@ -185,17 +185,26 @@ impl ProcessStack {
         stack
     }
 
+    /// Waits until the API and every service's admin `/readyz` answer 200 (a
+    /// consumer's once it is connected to its broker and its store).
     async fn wait_ready(&mut self, logs: &Path) {
         let client = reqwest::Client::new();
-        let (api, children) = (&self.api, std::sync::Mutex::new(&mut self.children));
+        let mut probes = vec![format!("{}/readyz", self.api)];
+        probes.extend(self.admin.iter().map(|(_, address)| format!("http://{address}/readyz")));
+        let children = std::sync::Mutex::new(&mut self.children);
         let ready = clima_testkit::eventually(Duration::from_secs(60), || async {
             for child in children.lock().unwrap().iter_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     panic!("a clima process exited with {status}; logs in {}", logs.display());
                 }
             }
-            let ready = client.get(format!("{api}/readyz")).send().await;
-            ready.is_ok_and(|response| response.status().is_success()).then_some(())
+            for probe in &probes {
+                let ready = client.get(probe).send().await;
+                if !ready.is_ok_and(|response| response.status().is_success()) {
+                    return None;
+                }
+            }
+            Some(())
         })
         .await;
         assert!(ready.is_some(), "clima processes not ready in 60 s; logs in {}", logs.display());
