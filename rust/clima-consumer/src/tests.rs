@@ -69,6 +69,19 @@ fn assert_counts(counts: &Counts) {
     assert_eq!(counts.by_weather["Soleado"], 2);
 }
 
+/// A Kafka consumer with the default batching, running until `shutdown`.
+fn spawn_kafka_consumer(
+    broker: &KafkaConfig,
+    source: KafkaSourceConfig,
+    store: &CounterStore,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), crate::ConsumerError>> {
+    let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        crate::kafka::run(&broker, &source, &BatchConfig::default(), &store, shutdown, &Readiness::not_ready()).await
+    })
+}
+
 #[tokio::test]
 async fn kafka_to_redis_counts_once_dead_letters_poison_and_commits() {
     let broker = kafka_topic("consumer-topic");
@@ -385,20 +398,7 @@ async fn a_replay_by_a_new_group_after_the_dedupe_window_counts_nothing_twice() 
         async move {
             let shutdown = CancellationToken::new();
             let source = KafkaSourceConfig { group };
-            let consumer = tokio::spawn({
-                let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
-                async move {
-                    crate::kafka::run(
-                        &broker,
-                        &source,
-                        &BatchConfig::default(),
-                        &store,
-                        shutdown,
-                        &Readiness::not_ready(),
-                    )
-                    .await
-                }
-            });
+            let consumer = spawn_kafka_consumer(&broker, source, &store, &shutdown);
             let counts = counted(&store, until_total).await;
             shutdown.cancel();
             consumer.await.unwrap().unwrap();
@@ -432,20 +432,7 @@ async fn a_fresh_store_adopts_the_groups_committed_offsets() {
         let (broker, store, source) = (broker.clone(), store.clone(), KafkaSourceConfig { group: group.to_owned() });
         async move {
             let shutdown = CancellationToken::new();
-            let consumer = tokio::spawn({
-                let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
-                async move {
-                    crate::kafka::run(
-                        &broker,
-                        &source,
-                        &BatchConfig::default(),
-                        &store,
-                        shutdown,
-                        &Readiness::not_ready(),
-                    )
-                    .await
-                }
-            });
+            let consumer = spawn_kafka_consumer(&broker, source, &store, &shutdown);
             tokio::time::sleep(settle).await;
             shutdown.cancel();
             consumer.await.unwrap().unwrap();
