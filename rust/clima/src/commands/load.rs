@@ -349,6 +349,9 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
         .any(|schedule| schedule.behind);
 
     if let (Some(stores), Some((redis_before, valkey_before)), Some(probe)) = (stores, before, probe) {
+        // The report so far (no `counted` yet): if the stores cannot be read
+        // to the end, it still says what was accepted (ci/faults reads it).
+        write_json(&args, &report)?;
         let draining = progress_bar(total.accepted.total, "counted");
         let (redis_after, valkey_after) = wait_for_totals(
             &stores,
