@@ -148,17 +148,17 @@ def breakdown(before, after, run):
     percentiles): the client's view, the API's handler stage by stage (its
     `clima_api_request_stage_seconds`), and inside the writer calls each
     writer's gRPC handler and broker publish."""
-    api = lambda metric, *labels: mean_ms(before, after, "api", metric, *labels)  # noqa: E731
-    stages = {stage: api("clima_api_request_stage_seconds", f'stage="{stage}"')
+    api = lambda metric, **labels: mean_ms(before, after, "api", metric, **labels)  # noqa: E731
+    stages = {stage: api("clima_api_request_stage_seconds", stage=stage)
               for stage in ("body", "decode", "queue", "writers", "wake")}
-    handler = api("http_server_request_duration_seconds", 'route="/input"')
+    handler = api("http_server_request_duration_seconds", route="/input")
     result = {"client_mean_ms": run["request_latency_ms"]["mean"], "handler_mean_ms": handler, "stages_ms": stages,
               "tweets_per_writer_call": mean(before, after, "api", "clima_api_batch_tweets"), "writers": {}}
     for broker, port in (("kafka", os.environ["KAFKA_WRITER_PORT"]), ("rabbitmq", os.environ["RABBITMQ_WRITER_PORT"])):
         service = f"writer-{broker}"
         result["writers"][broker] = {
-            "call_ms": api("grpc_client_request_duration_seconds", f':{port}"'),
-            "handler_ms": mean_ms(before, after, service, "grpc_server_request_duration_seconds", 'method="Publish"'),
+            "call_ms": api("grpc_client_request_duration_seconds", target=f"http://127.0.0.1:{port}"),
+            "handler_ms": mean_ms(before, after, service, "grpc_server_request_duration_seconds", method="Publish"),
             "publish_ms": mean_ms(before, after, service, "clima_publish_duration_seconds"),
         }
     return result

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -22,14 +21,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-from stack import CLIMA, ROOT, STATE, kafka_records, load, machine, say, tansu_db_mib
+from stack import CLIMA, ROOT, STATE, kafka_records, load, machine, say, scrape, series_labels, tansu_db_mib
 
 OUT = Path(os.environ.get("CLIMA_EXPERIMENTS_OUT", ROOT / "docs"))
 CHARTS = OUT / "findings"
 SCALE = float(os.environ.get("CLIMA_EXPERIMENTS_SCALE", "1"))
 BENCH = [str(ROOT / "target/release/clima"), "bench"]
 PORTS = {name: int(os.environ[f"{name.upper()}_PORT"]) for name in ("redis", "valkey", "kafka", "rabbitmq", "api")}
-ADMIN = {"writer-kafka": 9101, "writer-rabbitmq": 9102, "consumer-kafka": 9103, "consumer-rabbitmq": 9104}
 # Bytes of one TweetRecord on the brokers (id, time, a short description, country, weather).
 RECORD_BYTES = 110
 BATCHES = (1, 100, 1000)
@@ -52,11 +50,6 @@ def run(command):
 
 # --- /metrics histograms ----------------------------------------------------------------
 
-def scrape(service):
-    with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN[service]}/metrics", timeout=5) as response:
-        return response.read().decode()
-
-
 def buckets(text, name, labels):
     """Cumulative bucket counts {le: count} of histogram `name` whose labels include `labels`."""
     found = {}
@@ -64,7 +57,7 @@ def buckets(text, name, labels):
         if not line.startswith(name + "_bucket{"):
             continue
         series, value = line.rsplit(" ", 1)
-        pairs = dict(re.findall(r'(\w+)="([^"]*)"', series))
+        pairs = series_labels(series)
         if all(pairs.get(key) == wanted for key, wanted in labels.items()):
             le = float("inf") if pairs["le"] == "+Inf" else float(pairs["le"])
             found[le] = found.get(le, 0) + float(value)

@@ -102,40 +102,50 @@ def all_time_totals():
     return {store: counts[store]["total"] for store in ("redis", "valkey")}
 
 
-# Admin ports (/metrics) of the services that serve a request, as ci/lib.sh starts them.
-ADMIN_PORTS = {"api": 0, "writer-kafka": 1, "writer-rabbitmq": 2}
-_HISTOGRAM_LINE = re.compile(r"^(\w+)_(sum|count)(?:\{([^}]*)\})? (\S+)$")
+# Each service's admin port (/metrics) as ci/lib.sh starts it: ADMIN_PORT_BASE + this.
+ADMIN_OFFSETS = {"api": 0, "writer-kafka": 1, "writer-rabbitmq": 2, "consumer-kafka": 3, "consumer-rabbitmq": 4,
+                 "dashboard": 5}
+_HISTOGRAM_LINE = re.compile(r"^(\w+)_(sum|count)(\{[^}]*\})? (\S+)$")
+
+
+def scrape(service):
+    """A service's /metrics, as Prometheus text."""
+    port = int(os.environ.get("ADMIN_PORT_BASE", "9100")) + ADMIN_OFFSETS[service]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def series_labels(series):
+    """The labels of one Prometheus series (`name{a="1",b="2"}`) as a dict."""
+    return dict(re.findall(r'(\w+)="([^"]*)"', series))
 
 
 def histograms():
     """Every histogram's sum and count on the API's and the writers' /metrics:
-    {(service, metric, labels): [sum, count]}."""
-    base = int(os.environ.get("ADMIN_PORT_BASE", "9100"))
+    {(service, metric, labels): [sum, count]}, labels as sorted (key, value) pairs."""
     found = {}
-    for service, offset in ADMIN_PORTS.items():
-        with urllib.request.urlopen(f"http://127.0.0.1:{base + offset}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        for line in text.splitlines():
+    for service in ("api", "writer-kafka", "writer-rabbitmq"):
+        for line in scrape(service).splitlines():
             match = _HISTOGRAM_LINE.match(line)
             if match:
                 name, part, labels, value = match.groups()
-                entry = found.setdefault((service, name, labels or ""), [0.0, 0.0])
-                entry[0 if part == "sum" else 1] = float(value)
+                key = (service, name, tuple(sorted(series_labels(labels or "").items())))
+                found.setdefault(key, [0.0, 0.0])[0 if part == "sum" else 1] = float(value)
     return found
 
 
-def mean(before, after, service, metric, *labels):
-    """The mean of a histogram (every series whose labels hold each of `labels`)
+def mean(before, after, service, metric, **labels):
+    """The mean of a histogram (every series whose labels include `labels`)
     over what it recorded between two `histograms()`; None if it recorded nothing."""
     total = count = 0.0
     for key, (after_sum, after_count) in after.items():
-        if key[:2] == (service, metric) and all(label in key[2] for label in labels):
+        if key[:2] == (service, metric) and labels.items() <= dict(key[2]).items():
             before_sum, before_count = before.get(key, (0.0, 0.0))
             total, count = total + after_sum - before_sum, count + after_count - before_count
     return total / count if count else None
 
 
-def mean_ms(before, after, service, metric, *labels):
+def mean_ms(before, after, service, metric, **labels):
     """`mean` of a duration histogram (seconds), in milliseconds."""
-    seconds = mean(before, after, service, metric, *labels)
+    seconds = mean(before, after, service, metric, **labels)
     return None if seconds is None else seconds * 1000

@@ -1,4 +1,4 @@
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use axum::{
     Json,
@@ -41,7 +41,7 @@ async fn accept_input(state: &AppState, request: Request) -> Result<Vec<String>,
     let headers = request.headers().clone();
     require_json(&headers)?;
     let idempotency_key = idempotency_key(&headers)?;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let body = match tokio::time::timeout_at(deadline, Bytes::from_request(request, state)).await {
         Ok(body) => body,
         Err(_elapsed) => return Err(ApiError::RequestTimeout(timeout)),
@@ -53,7 +53,7 @@ async fn accept_input(state: &AppState, request: Request) -> Result<Vec<String>,
         )),
         _ => ApiError::BadRequest(rejection.body_text()),
     })?;
-    let decoding = std::time::Instant::now();
+    let decoding = Instant::now();
     api_request_stage(ApiStage::Body, decoding - started);
     let Decoded { inputs, array } = decode(&body)?;
     if inputs.len() > state.config.max_tweets {

@@ -8,8 +8,11 @@ pub use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 
 /// Writes `span`'s trace context into `carrier` with the global propagator.
 pub fn inject(span: &tracing::Span, carrier: &mut dyn Injector) {
-    let context = span.context();
-    opentelemetry::global::get_text_map_propagator(|propagator| propagator.inject_context(&context, carrier));
+    inject_context(&span.context(), carrier);
+}
+
+fn inject_context(context: &opentelemetry::Context, carrier: &mut dyn Injector) {
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.inject_context(context, carrier));
 }
 
 /// Makes the trace context found in `carrier` (if any) the parent of `span`.
@@ -70,7 +73,7 @@ pub fn context_map(span: &tracing::Span) -> HashMap<String, String> {
         return HashMap::new();
     }
     let mut map = HashMap::new();
-    opentelemetry::global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut map));
+    inject_context(&context, &mut map);
     record_context(map)
 }
 
