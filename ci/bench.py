@@ -157,7 +157,7 @@ def breakdown(before, after, run):
     for broker, port in (("kafka", os.environ["KAFKA_WRITER_PORT"]), ("rabbitmq", os.environ["RABBITMQ_WRITER_PORT"])):
         service = f"writer-{broker}"
         result["writers"][broker] = {
-            "call_ms": api("grpc_client_request_duration_seconds", target=f"http://127.0.0.1:{port}"),
+            "call_ms": api("grpc_client_request_duration_seconds", method="Publish", target=f"http://127.0.0.1:{port}"),
             "handler_ms": mean_ms(before, after, service, "grpc_server_request_duration_seconds", method="Publish"),
             "publish_ms": mean_ms(before, after, service, "clima_publish_duration_seconds"),
         }

@@ -11,7 +11,7 @@ mod batcher;
 mod config;
 mod error;
 mod input;
-mod observe;
+mod limits;
 mod writers;
 
 #[cfg(test)]
@@ -21,10 +21,14 @@ use std::{convert::Infallible, future::Future, sync::Arc};
 
 use axum::{
     Router,
+    error_handling::HandleErrorLayer,
     extract::DefaultBodyLimit,
     routing::{get, post},
 };
+use clima_telemetry::layers::HttpServerLayer;
 use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::validate_request::ValidateRequestHeaderLayer;
 
 pub use config::{
     ApiConfig, DEFAULT_BATCH_IN_FLIGHT, DEFAULT_BATCH_MAX_TWEETS, DEFAULT_MAX_BODY_BYTES,
@@ -40,10 +44,6 @@ struct AppState {
     /// Group commit of concurrent requests into shared writer calls.
     batcher: Arc<batcher::Batcher>,
     config: Arc<ApiConfig>,
-    /// One permit per request in flight (--max-concurrent-requests).
-    in_flight: Arc<tokio::sync::Semaphore>,
-    /// The key POST /input requires, if any.
-    api_key: Option<clima_http::auth::ApiKey>,
 }
 
 /// The HTTP routes, ready to serve. Must be called within a Tokio runtime
@@ -55,20 +55,27 @@ pub fn router(config: ApiConfig) -> Result<Router, ApiError> {
         config.writer_tls()?,
         config.resolved_writer_api_key()?,
     )?);
-    let body_limit = config.max_body_bytes;
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests));
-    let api_key = config.resolved_api_key()?;
+    // What `POST /input` may cost, outermost first: a request without the
+    // key is refused before it takes a slot; beyond --max-concurrent-requests
+    // a request is shed at once with 503, so memory stays bounded under
+    // overload. (The handler applies --request-timeout itself: its answer, 408
+    // or 503, depends on whether the tweets had reached the writers.)
+    let limits = ServiceBuilder::new()
+        .layer(ValidateRequestHeaderLayer::custom(limits::RequireApiKey(config.resolved_api_key()?)))
+        .layer(HandleErrorLayer::new(limits::overloaded))
+        .load_shed()
+        .concurrency_limit(config.max_concurrent_requests);
+    let input = post(input::post_input)
+        .layer::<_, Infallible>(limits)
+        .layer::<_, Infallible>(DefaultBodyLimit::max(config.max_body_bytes));
     let batcher =
         Arc::new(batcher::Batcher::start(Arc::clone(&writers), config.batch_max_tweets, config.batch_in_flight));
-    let state = AppState { writers, batcher, config: Arc::new(config), in_flight, api_key };
-    let input = post(input::post_input)
-        .layer::<_, Infallible>(axum::middleware::from_fn_with_state(state.clone(), observe::limit))
-        .layer::<_, Infallible>(DefaultBodyLimit::max(body_limit));
+    let state = AppState { writers, batcher, config: Arc::new(config) };
     Ok(Router::new()
         .route("/input", input)
         .route("/healthz", get(input::healthz))
         .route("/readyz", get(input::readyz))
-        .layer(axum::middleware::from_fn(observe::observe))
+        .layer(HttpServerLayer)
         .with_state(state))
 }
 

@@ -1,18 +1,17 @@
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use clima_http::auth::ApiKey;
-use clima_proto::v1::{
-    PublishRequest, TweetRecord, writer_service_client::WriterServiceClient, writer_service_server::SERVICE_NAME,
-};
-use clima_telemetry::propagation::{self, MetadataInjector};
+use clima_proto::v1::{PublishRequest, TweetRecord, writer_service_client::WriterServiceClient};
+use clima_telemetry::layers::{GrpcClient, GrpcClientLayer, LinkedSpans};
 use futures::future::join_all;
 use serde::Serialize;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
-use tracing::{Instrument, Span, field::Empty};
+use tower::Layer;
+use tracing::{Instrument, Span};
 
 use crate::ApiError;
 
@@ -34,10 +33,8 @@ struct Writer {
 /// One writer process: its own channel, so a dead one fails alone.
 struct Replica {
     endpoint: String,
-    /// `host` and `port` of the endpoint, for span attributes.
-    address: (String, u16),
-    client: WriterServiceClient<Channel>,
-    health: HealthClient<Channel>,
+    client: WriterServiceClient<GrpcClient<Channel>>,
+    health: HealthClient<GrpcClient<Channel>>,
 }
 
 impl Writer {
@@ -85,44 +82,24 @@ impl Writer {
 }
 
 impl Replica {
-    /// One `Publish` call: a client span whose context travels in the metadata.
-    /// The span is a child of the batch's first request and links to the others.
+    /// One `Publish` call. Its client span (from the channel's
+    /// `GrpcClientLayer`) is a child of the batch's first request and links
+    /// to the others; its context travels in the metadata.
     async fn publish(
         &self,
         records: &[TweetRecord],
         requests: &[Span],
         authorization: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     ) -> Result<(), (&str, tonic::Status)> {
-        let span = tracing::info_span!(
-            parent: requests.first().and_then(Span::id),
-            "grpc.client",
-            otel.name = %format_args!("{SERVICE_NAME}/Publish"),
-            otel.kind = "client",
-            otel.status_code = Empty,
-            rpc.system = "grpc",
-            rpc.service = SERVICE_NAME,
-            rpc.method = "Publish",
-            rpc.grpc.status_code = Empty,
-            server.address = %self.address.0,
-            server.port = self.address.1,
-        );
-        for other in requests.iter().skip(1) {
-            propagation::add_link(&span, other);
-        }
         let mut request = tonic::Request::new(PublishRequest { records: records.to_vec() });
-        propagation::inject(&span, &mut MetadataInjector(request.metadata_mut()));
+        if requests.len() > 1 {
+            request.extensions_mut().insert(LinkedSpans(requests[1..].to_vec()));
+        }
         if let Some(authorization) = authorization {
             request.metadata_mut().insert("authorization", authorization.clone());
         }
-
-        let started = Instant::now();
-        let result = self.client.clone().publish(request).instrument(span.clone()).await;
-        let code = result.as_ref().map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
-        span.record("rpc.grpc.status_code", code as i32);
-        if code != tonic::Code::Ok {
-            span.record("otel.status_code", "ERROR");
-        }
-        clima_telemetry::events::grpc_request_made("Publish", &self.endpoint, code, started.elapsed());
+        let parent = requests.first().cloned().unwrap_or_else(Span::current);
+        let result = self.client.clone().publish(request).instrument(parent).await;
         result.map(drop).map_err(|status| (self.endpoint.as_str(), status))
     }
 }
@@ -167,10 +144,9 @@ impl Writers {
                         .timeout(timeout)
                         .tcp_nodelay(true)
                         .connect_lazy();
-                    let uri: http::Uri = replica.parse().unwrap_or_default();
+                    let channel = GrpcClientLayer::new(replica).layer(channel);
                     replicas.push(Replica {
                         endpoint: replica.to_owned(),
-                        address: (uri.host().unwrap_or_default().to_owned(), uri.port_u16().unwrap_or(80)),
                         client: WriterServiceClient::new(channel.clone()),
                         health: HealthClient::new(channel),
                     });

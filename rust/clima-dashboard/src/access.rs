@@ -3,12 +3,11 @@
 use axum::{
     Json, Router,
     body::Body,
-    extract::{Request, State},
-    http::{HeaderValue, StatusCode, header},
-    middleware::Next,
+    http::{HeaderValue, Request, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use clima_http::{auth::ApiKey, tls::TlsAcceptor};
+use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
 
 /// TLS and API-key settings of the dashboard's port; the default is open,
 /// plain HTTP, as on a developer's machine.
@@ -21,7 +20,23 @@ pub struct Access {
 impl Access {
     /// `app`, answering 401 (or gRPC UNAUTHENTICATED) to requests without the key.
     pub(crate) fn guard(&self, app: Router) -> Router {
-        app.layer(axum::middleware::from_fn_with_state(self.api_key.clone(), require_key))
+        app.layer(ValidateRequestHeaderLayer::custom(RequireKey(self.api_key.clone())))
+    }
+}
+
+#[derive(Clone)]
+struct RequireKey(Option<ApiKey>);
+
+impl<B> ValidateRequest<B> for RequireKey {
+    type ResponseBody = Body;
+
+    fn validate(&mut self, request: &mut Request<B>) -> Result<(), Response> {
+        match &self.0 {
+            Some(key) if !is_open(request.uri().path()) && !key.is_presented(request.headers()) => {
+                Err(unauthorized(request))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -34,11 +49,8 @@ fn is_open(path: &str) -> bool {
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
 }
 
-async fn require_key(State(api_key): State<Option<ApiKey>>, request: Request, next: Next) -> Response {
-    let Some(key) = api_key else { return next.run(request).await };
-    if is_open(request.uri().path()) || key.is_presented(request.headers()) {
-        return next.run(request).await;
-    }
+/// 401 with a JSON body, or UNAUTHENTICATED to a gRPC call.
+fn unauthorized<B>(request: &Request<B>) -> Response {
     let is_grpc = request
         .headers()
         .get(header::CONTENT_TYPE)

@@ -24,6 +24,7 @@ mod web;
 use std::future::Future;
 
 use clima_proto::v1::stats_service_server::{SERVICE_NAME, StatsServiceServer};
+use clima_telemetry::layers::{GrpcServerLayer, HttpServerLayer};
 use tokio::net::TcpListener;
 
 pub use access::Access;
@@ -48,8 +49,10 @@ pub async fn serve(
         .add_service(reflection().build_v1().expect("clima's descriptors are valid"))
         .add_service(reflection().build_v1alpha().expect("clima's descriptors are valid"))
         .into_axum_router();
-    // HTTP/1.1 for browsers and HTTP/2 (h2c) for gRPC, on the same port.
-    let app = access.guard(web::router(stores).merge(grpc));
+    // HTTP/1.1 for browsers and HTTP/2 (h2c) for gRPC, on the same port; each
+    // request observed (outermost) before the key is checked.
+    let web = access.guard(web::router(stores)).layer(HttpServerLayer);
+    let app = web.merge(access.guard(grpc).layer(GrpcServerLayer));
     tracing::info!(
         address = ?listener.local_addr().ok(),
         tls = access.tls.is_some(),

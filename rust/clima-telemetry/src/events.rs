@@ -49,15 +49,20 @@ pub fn http_request_served(method: &str, route: &str, status: u16, took: Duratio
 }
 
 /// One gRPC call served (`grpc_server_requests_total`, `grpc_server_request_duration_seconds`).
-pub fn grpc_request_served(method: &'static str, code: tonic::Code, took: Duration) {
-    let labels = [("method", method.to_owned()), ("code", format!("{code:?}"))];
+pub fn grpc_request_served(service: &str, method: &str, code: tonic::Code, took: Duration) {
+    let labels = [("service", service.to_owned()), ("method", method.to_owned()), ("code", format!("{code:?}"))];
     metrics::counter!("grpc_server_requests_total", &labels).increment(1);
     metrics::histogram!("grpc_server_request_duration_seconds", &labels).record(took.as_secs_f64());
 }
 
 /// One gRPC call made to `target` (`grpc_client_requests_total`, `grpc_client_request_duration_seconds`).
-pub fn grpc_request_made(method: &'static str, target: &str, code: tonic::Code, took: Duration) {
-    let labels = [("method", method.to_owned()), ("target", target.to_owned()), ("code", format!("{code:?}"))];
+pub fn grpc_request_made(service: &str, method: &str, target: &str, code: tonic::Code, took: Duration) {
+    let labels = [
+        ("service", service.to_owned()),
+        ("method", method.to_owned()),
+        ("target", target.to_owned()),
+        ("code", format!("{code:?}")),
+    ];
     metrics::counter!("grpc_client_requests_total", &labels).increment(1);
     metrics::histogram!("grpc_client_request_duration_seconds", &labels).record(took.as_secs_f64());
 }

@@ -12,5 +12,6 @@
 
 pub mod admin;
 pub mod events;
+pub mod layers;
 pub mod propagation;
 pub mod readiness;

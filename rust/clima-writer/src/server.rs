@@ -2,7 +2,7 @@ use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 
 use clima_http::auth::ApiKey;
 use clima_proto::v1::writer_service_server::{SERVICE_NAME, WriterServiceServer};
-use clima_telemetry::readiness::Readiness;
+use clima_telemetry::{layers::GrpcServerLayer, readiness::Readiness};
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic::{Request, Status};
@@ -118,6 +118,7 @@ pub async fn serve_reporting<S: Sink>(
         server = server.tls_config(tls)?;
     }
     let result = server
+        .layer(GrpcServerLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -1,16 +1,9 @@
 use std::{sync::Arc, time::Instant};
 
-use clima_proto::v1::{
-    PublishRequest, PublishResponse, TweetRecord,
-    writer_service_server::{SERVICE_NAME, WriterService},
-};
-use clima_telemetry::{
-    events,
-    propagation::{self, MetadataExtractor},
-};
+use clima_proto::v1::{PublishRequest, PublishResponse, TweetRecord, writer_service_server::WriterService};
+use clima_telemetry::{events, propagation};
 use clima_tweet::{check_received_now, validate_record};
-use tonic::{Code, Request, Response, Status};
-use tracing::{Instrument, field::Empty};
+use tonic::{Request, Response, Status};
 
 use crate::{Sink, sinks::Broker};
 
@@ -83,28 +76,8 @@ fn continue_traces(broker: Broker, destination: &str, records: &mut [TweetRecord
 
 #[tonic::async_trait]
 impl<S: Sink> WriterService for Writer<S> {
+    // Its span and RED metrics come from the server's `GrpcServerLayer`.
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
-        let span = tracing::info_span!(
-            "grpc.server",
-            otel.name = %format_args!("{SERVICE_NAME}/Publish"),
-            otel.kind = "server",
-            otel.status_code = Empty,
-            rpc.system = "grpc",
-            rpc.service = SERVICE_NAME,
-            rpc.method = "Publish",
-            rpc.grpc.status_code = Empty,
-            messaging.system = self.sink.broker().as_str(),
-        );
-        propagation::set_parent(&span, &MetadataExtractor(request.metadata()));
-
-        let started = Instant::now();
-        let result = self.publish_records(request.into_inner()).instrument(span.clone()).await;
-        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
-        span.record("rpc.grpc.status_code", code as i32);
-        if !matches!(code, Code::Ok | Code::InvalidArgument) {
-            span.record("otel.status_code", "ERROR");
-        }
-        events::grpc_request_served("Publish", code, started.elapsed());
-        result.map(Response::new)
+        self.publish_records(request.into_inner()).await.map(Response::new)
     }
 }
