@@ -843,6 +843,7 @@ def build_files(root):
                     problems.append(f"{build.relative_to(root)}: a test reads {name} with env!() at compile time, "
                                     "but only rustc_env sets it then (env = {...} is for run time)")
         problems += _workspace_deps(build)
+        problems += _library_beside_binary(build)
     problems += _included_files(root, flake)
     return problems
 
@@ -872,6 +873,29 @@ def _included_files(root, flake):
             nix_path = f"/nix/store/source/rust/{crate}/{relative}"
             if not CARGO_SOURCES.search(nix_path) and not any(pattern.fullmatch(nix_path) for pattern in kept):
                 problems.append(f"{where}: flake.nix's source filter drops it")
+    return problems
+
+
+def _library_beside_binary(build):
+    """Cargo makes src/lib.rs and src/main.rs two crates of one package by itself; Bazel needs a
+    rust_library for the first, and the binary and the tests (which `use` it) must depend on it."""
+    src = build.parent / "src"
+    if not ((src / "lib.rs").exists() and (src / "main.rs").exists()):
+        return []
+    crate = build.parent.name.replace("-", "_")
+    text = build.read_text()
+    where = build.relative_to(build.parents[2])
+    targets = {kind: [body for found, body in re.findall(r"(rust_\w+)\((.*?)\n\)", text, re.S) if found == kind]
+               for kind in ("rust_library", "rust_binary", "rust_test")}
+    library = next((re.search(r'\bname = "([^"]+)"', body).group(1) for body in targets["rust_library"]
+                    if f'crate_name = "{crate}"' in body), None)
+    if library is None:
+        return [f'{where}: src/lib.rs is the library `{crate}`, but no rust_library has crate_name = "{crate}"']
+    problems = []
+    for body in targets["rust_binary"] + targets["rust_test"]:
+        if "crate = " not in body and f'":{library}"' not in body:
+            name = re.search(r'\bname = "([^"]+)"', body).group(1)
+            problems.append(f"{where}: {name} compiles apart from src/lib.rs but does not depend on :{library}")
     return problems
 
 

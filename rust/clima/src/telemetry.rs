@@ -141,18 +141,15 @@ fn tracer_provider(service_name: &str, trust_remote_sampling: bool) -> anyhow::R
 }
 
 /// Installs the Prometheus recorder and starts the admin server on `listen`,
-/// its `/readyz` answering from `readiness`.
+/// its `/readyz` answering from `readiness`; returns the address it serves on.
 pub(crate) async fn serve_admin(
     listen: SocketAddr,
     readiness: Readiness,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let metrics: PrometheusHandle = PrometheusBuilder::new()
-        .set_buckets(LATENCY_BUCKETS)
-        .context("histogram buckets")?
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+) -> anyhow::Result<SocketAddr> {
+    let metrics = metrics_recorder()?;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding the admin server to {listen}"))?;
+    let address = listener.local_addr()?;
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
         if let Err(error) =
@@ -161,5 +158,21 @@ pub(crate) async fn serve_admin(
             tracing::error!(%error, "admin server failed");
         }
     });
-    Ok(())
+    Ok(address)
+}
+
+/// The process's Prometheus recorder, installed by the first service started
+/// (one per process, unless tests start several in one).
+fn metrics_recorder() -> anyhow::Result<PrometheusHandle> {
+    static RECORDER: std::sync::Mutex<Option<PrometheusHandle>> = std::sync::Mutex::new(None);
+    let mut installed = RECORDER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(handle) = &*installed {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .context("histogram buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    Ok(installed.insert(handle).clone())
 }

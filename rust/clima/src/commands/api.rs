@@ -3,7 +3,9 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpSocket};
 
-use crate::{flags::ApiFlags, shutdown, telemetry};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Service, flags::ApiFlags, telemetry};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ApiArgs {
@@ -40,15 +42,15 @@ fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-pub(crate) async fn run(args: ApiArgs) -> anyhow::Result<()> {
+pub(crate) async fn build(args: ApiArgs, shutdown: CancellationToken) -> anyhow::Result<Service> {
     let listener = bind(args.listen, args.reuse_port).with_context(|| format!("binding {}", args.listen))?;
-    let shutdown = shutdown::on_signal();
-    telemetry::serve_admin(
+    let admin = telemetry::serve_admin(
         args.admin.listen.unwrap_or(([127, 0, 0, 1], 9100).into()),
         telemetry::Readiness::ready(),
         &shutdown,
     )
     .await?;
-    clima_api::serve(listener, args.config.into(), async move { shutdown.cancelled().await }).await?;
-    Ok(())
+    let address = listener.local_addr()?;
+    let serving = clima_api::serve(listener, args.config.into(), async move { shutdown.cancelled().await });
+    Ok(Service::new(Some(address), admin, async move { Ok(serving.await?) }))
 }

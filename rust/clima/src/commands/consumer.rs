@@ -6,10 +6,12 @@ use clima_broker::{kafka::KafkaConfig, rabbitmq::RabbitMqConfig};
 use clima_consumer::{kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
 use clima_store::{CounterStore, KeySchema, Retention};
 use clima_telemetry::events::Broker;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
+    Service,
     flags::{BatchFlags, KafkaFlags, KafkaSourceFlags, RabbitMqFlags, RabbitMqSourceFlags},
-    shutdown, telemetry,
+    telemetry,
 };
 
 #[derive(Debug, clap::Args)]
@@ -103,7 +105,7 @@ enum Reader {
     RabbitMq(RabbitMqConfig, RabbitMqSourceConfig),
 }
 
-pub(crate) async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
+pub(crate) async fn build(args: ConsumerArgs, shutdown: CancellationToken) -> anyhow::Result<Service> {
     let broker = args.broker();
     let (counting, reader) = match args.broker {
         ConsumerBroker::Kafka { counting, kafka, source } => (counting, Reader::Kafka(kafka.into(), source.into())),
@@ -118,7 +120,6 @@ pub(crate) async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
     });
     let keys = KeySchema::new(&store.key_prefix);
     let retention = Retention { dedupe_window: store.dedupe_window, minutes: store.minute_retention };
-    let shutdown = shutdown::on_signal();
     let default_admin_port = match broker {
         Broker::Kafka => 9103,
         Broker::RabbitMq => 9104,
@@ -126,7 +127,7 @@ pub(crate) async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
     // Ready once the store and the broker are connected, and not while the
     // consumer reconnects to either (the driver says).
     let health = telemetry::Readiness::not_ready();
-    telemetry::serve_admin(
+    let admin = telemetry::serve_admin(
         admin.listen.unwrap_or(([127, 0, 0, 1], default_admin_port).into()),
         health.clone(),
         &shutdown,
@@ -138,23 +139,25 @@ pub(crate) async fn run(args: ConsumerArgs) -> anyhow::Result<()> {
         None => None,
     };
     let prefix = store.key_prefix;
-    let connect = || CounterStore::connect_with_ca(&url, keys.clone(), retention, ca.clone());
-    let store = tokio::select! {
-        store = connect
-            .retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(5)).without_max_times())
-            .notify(|error, delay| tracing::warn!(%error, ?delay, "store not reachable; retrying")) => store?,
-        () = shutdown.cancelled() => return Ok(()),
-    };
-    tracing::info!(store = store.system().as_str(), %prefix, "store connected");
-
     let batching = batching.into();
-    match reader {
-        Reader::Kafka(broker, source) => {
-            clima_consumer::kafka::run(&broker, &source, &batching, &store, shutdown, &health).await?;
+    let consuming = async move {
+        let connect = || CounterStore::connect_with_ca(&url, keys.clone(), retention, ca.clone());
+        let store = tokio::select! {
+            store = connect
+                .retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(5)).without_max_times())
+                .notify(|error, delay| tracing::warn!(%error, ?delay, "store not reachable; retrying")) => store?,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        tracing::info!(store = store.system().as_str(), %prefix, "store connected");
+        match reader {
+            Reader::Kafka(broker, source) => {
+                clima_consumer::kafka::run(&broker, &source, &batching, &store, shutdown, &health).await?;
+            }
+            Reader::RabbitMq(broker, source) => {
+                clima_consumer::rabbitmq::run(&broker, &source, &batching, &store, shutdown, &health).await?;
+            }
         }
-        Reader::RabbitMq(broker, source) => {
-            clima_consumer::rabbitmq::run(&broker, &source, &batching, &store, shutdown, &health).await?;
-        }
-    }
-    Ok(())
+        Ok(())
+    };
+    Ok(Service::new(None, admin, consuming))
 }

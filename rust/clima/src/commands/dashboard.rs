@@ -5,9 +5,10 @@ use clima_dashboard::{Access, StoreReader, Stores};
 use clima_http::{auth::ApiKey, tls::TlsFiles};
 use clima_store::KeySchema;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use super::stats::StoresArgs;
-use crate::{shutdown, telemetry};
+use crate::{Service, telemetry};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DashboardArgs {
@@ -58,11 +59,11 @@ impl DashboardArgs {
     }
 }
 
-pub(crate) async fn run(args: DashboardArgs) -> anyhow::Result<()> {
+pub(crate) async fn build(args: DashboardArgs, shutdown: CancellationToken) -> anyhow::Result<Service> {
     let access = args.access()?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    let shutdown = shutdown::on_signal();
-    telemetry::serve_admin(
+    let address = listener.local_addr()?;
+    let admin = telemetry::serve_admin(
         args.admin.listen.unwrap_or(([127, 0, 0, 1], 9105).into()),
         telemetry::Readiness::ready(),
         &shutdown,
@@ -74,7 +75,7 @@ pub(crate) async fn run(args: DashboardArgs) -> anyhow::Result<()> {
         StoreReader::new(&args.stores.valkey_url, keys),
     );
     let scheme = if access.tls.is_some() { "https" } else { "http" };
-    tracing::info!("dashboard: {scheme}://{}/", args.listen);
-    clima_dashboard::serve(listener, stores, access, async move { shutdown.cancelled().await }).await?;
-    Ok(())
+    tracing::info!("dashboard: {scheme}://{address}/");
+    let serving = clima_dashboard::serve(listener, stores, access, async move { shutdown.cancelled().await });
+    Ok(Service::new(Some(address), admin, async move { Ok(serving.await?) }))
 }

@@ -1,13 +1,18 @@
-use std::net::SocketAddr;
+use std::{future::Future, net::SocketAddr, pin::Pin};
 
 use anyhow::Context;
 use clima_telemetry::events::Broker;
-use clima_writer::sinks::{KafkaSink, RabbitMqSink};
+use clima_writer::{
+    ServeError,
+    sinks::{KafkaSink, RabbitMqSink},
+};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
+    Service,
     flags::{KafkaFlags, KafkaSinkFlags, RabbitMqFlags, RabbitMqSinkFlags, WriterServerFlags},
-    shutdown, telemetry,
+    telemetry,
 };
 
 #[derive(Debug, clap::Args)]
@@ -69,7 +74,7 @@ impl WriterArgs {
     }
 }
 
-pub(crate) async fn run(args: WriterArgs) -> anyhow::Result<()> {
+pub(crate) async fn build(args: WriterArgs, shutdown: CancellationToken) -> anyhow::Result<Service> {
     let (default_port, default_admin_port) = match args.broker() {
         Broker::Kafka => (50051, 9101),
         Broker::RabbitMq => (50052, 9102),
@@ -77,21 +82,22 @@ pub(crate) async fn run(args: WriterArgs) -> anyhow::Result<()> {
     let (WriterBroker::Kafka { server, .. } | WriterBroker::Rabbitmq { server, .. }) = &args.broker;
     let listen = server.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
     let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    let shutdown = shutdown::on_signal();
+    let address = listener.local_addr()?;
     // Ready (admin /readyz) when the gRPC health service says SERVING.
     let readiness = telemetry::Readiness::not_ready();
     let admin = server.admin.listen.unwrap_or(([127, 0, 0, 1], default_admin_port).into());
-    telemetry::serve_admin(admin, readiness.clone(), &shutdown).await?;
+    let admin = telemetry::serve_admin(admin, readiness.clone(), &shutdown).await?;
     let shutdown = async move { shutdown.cancelled().await };
-    match args.broker {
+    let serving = match args.broker {
         WriterBroker::Kafka { server, kafka, sink } => {
             let sink = KafkaSink::new(kafka.into(), sink.into())?;
-            clima_writer::serve_reporting(listener, sink, server.server.into(), readiness, shutdown).await?;
+            Box::pin(clima_writer::serve_reporting(listener, sink, server.server.into(), readiness, shutdown))
+                as Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>>
         }
         WriterBroker::Rabbitmq { server, rabbitmq, sink } => {
             let sink = RabbitMqSink::new(rabbitmq.into(), sink.into());
-            clima_writer::serve_reporting(listener, sink, server.server.into(), readiness, shutdown).await?;
+            Box::pin(clima_writer::serve_reporting(listener, sink, server.server.into(), readiness, shutdown))
         }
-    }
-    Ok(())
+    };
+    Ok(Service::new(Some(address), admin, async move { Ok(serving.await?) }))
 }

@@ -1,22 +1,14 @@
 use std::{net::SocketAddr, time::Duration};
 
-use clima_api::ApiConfig;
-use clima_broker::{
-    kafka::KafkaConfig,
-    rabbitmq::{QueueType, RabbitMqConfig},
-};
-use clima_consumer::{BatchConfig, kafka::KafkaSourceConfig, rabbitmq::RabbitMqSourceConfig};
+use clima::Service;
 use clima_store::{CounterStore, Counts, KeySchema, Retention};
 use clima_testkit::{amqp_url, eventually, kafka_brokers, redis_url, unique_name, valkey_url};
-use clima_writer::{
-    ServerConfig,
-    sinks::{KafkaSink, RabbitMqSink, kafka::KafkaSinkConfig, rabbitmq::RabbitMqSinkConfig},
-};
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// The whole pipeline with names (topic, queue, key prefix) of its own.
+/// The whole pipeline with names (topic, queue, key prefix) of its own, each
+/// service started in this process by the binary's own startup code
+/// ([`clima::Service::build`]) from a command line, on ports the OS picks.
 pub(crate) struct TestStack {
     pub api: String,
     /// Key prefix (and topic, queue, group name) of this stack.
@@ -25,6 +17,8 @@ pub(crate) struct TestStack {
     pub rabbitmq_writer: SocketAddr,
     pub redis: CounterStore,
     pub valkey: CounterStore,
+    /// Every service's admin server (`/readyz`).
+    admin: Vec<SocketAddr>,
     client: reqwest::Client,
     shutdown: CancellationToken,
 }
@@ -35,79 +29,61 @@ impl Drop for TestStack {
     }
 }
 
-async fn listener() -> (TcpListener, SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    (listener, address)
-}
-
-fn writer_config() -> ServerConfig {
-    ServerConfig { health_interval: Duration::from_millis(200), ..ServerConfig::default() }
+/// Starts `clima <args>` in this process and returns its address and admin address.
+async fn start(args: &[&str], shutdown: &CancellationToken) -> (Option<SocketAddr>, SocketAddr) {
+    let args = [args, &["--admin-listen", "127.0.0.1:0"]].concat();
+    let service =
+        Service::build(&args, shutdown.clone()).await.unwrap_or_else(|error| panic!("clima {args:?}: {error:#}"));
+    let addresses = (service.address(), service.admin_address());
+    tokio::spawn(async move {
+        if let Err(error) = service.run_until_stopped().await {
+            panic!("a service of the test stack failed: {error:#}");
+        }
+    });
+    addresses
 }
 
 impl TestStack {
     pub(crate) async fn spawn() -> Self {
         clima_testkit::test_log();
         let name = unique_name("e2e");
-        let kafka = KafkaConfig {
-            brokers: kafka_brokers(),
-            topic: name.clone(),
-            partitions: 3,
-            replication_factor: 1,
-            options: Vec::new(),
-        };
-        let rabbitmq = RabbitMqConfig {
-            url: amqp_url(),
-            exchange: name.clone(),
-            queue: name.clone(),
-            queue_type: QueueType::Quorum,
-        };
-        let keys = KeySchema::new(name.clone());
-        let redis = CounterStore::connect(&redis_url(), keys.clone(), Retention::default()).await.unwrap();
-        let valkey = CounterStore::connect(&valkey_url(), keys, Retention::default()).await.unwrap();
+        let (brokers, amqp, redis_url, valkey_url) = (kafka_brokers(), amqp_url(), redis_url(), valkey_url());
+        let kafka = ["--kafka-brokers", &brokers, "--kafka-topic", &name, "--kafka-partitions", "3"];
+        let rabbitmq = ["--amqp-url", &amqp, "--rabbitmq-exchange", &name, "--rabbitmq-queue", &name];
         let shutdown = CancellationToken::new();
-        let stopped = |token: &CancellationToken| {
-            let token = token.clone();
-            async move { token.cancelled().await }
-        };
+        let any_port = ["--listen", "127.0.0.1:0", "--health-interval", "200ms"];
 
-        let (kafka_listener, kafka_writer) = listener().await;
-        let sink = KafkaSink::new(kafka.clone(), KafkaSinkConfig::default()).unwrap();
-        tokio::spawn(clima_writer::serve(kafka_listener, sink, writer_config(), stopped(&shutdown)));
-        let (rabbitmq_listener, rabbitmq_writer) = listener().await;
-        let sink = RabbitMqSink::new(rabbitmq.clone(), RabbitMqSinkConfig::default());
-        tokio::spawn(clima_writer::serve(rabbitmq_listener, sink, writer_config(), stopped(&shutdown)));
+        let (kafka_writer, kafka_writer_admin) =
+            start(&[&["writer", "kafka"][..], &any_port, &kafka].concat(), &shutdown).await;
+        let (rabbitmq_writer, rabbitmq_writer_admin) =
+            start(&[&["writer", "rabbitmq"][..], &any_port, &rabbitmq].concat(), &shutdown).await;
+        let counting = |url| ["--store-url", url, "--key-prefix", &name];
+        let (_, kafka_consumer_admin) = start(
+            &[&["consumer", "kafka"][..], &counting(&redis_url), &kafka, &["--kafka-group", &name]].concat(),
+            &shutdown,
+        )
+        .await;
+        let (_, rabbitmq_consumer_admin) =
+            start(&[&["consumer", "rabbitmq"][..], &counting(&valkey_url), &rabbitmq].concat(), &shutdown).await;
+        let (kafka_writer, rabbitmq_writer) = (kafka_writer.unwrap(), rabbitmq_writer.unwrap());
+        let writers = format!("http://{kafka_writer},http://{rabbitmq_writer}");
+        let (api, api_admin) = start(&["api", "--listen", "127.0.0.1:0", "--writer", &writers], &shutdown).await;
 
-        tokio::spawn({
-            let (store, shutdown, kafka) = (redis.clone(), shutdown.clone(), kafka.clone());
-            let source = KafkaSourceConfig { group: name.clone() };
-            let health = clima_telemetry::readiness::Readiness::not_ready();
-            async move {
-                clima_consumer::kafka::run(&kafka, &source, &BatchConfig::default(), &store, shutdown, &health).await
-            }
-        });
-        tokio::spawn({
-            let (store, shutdown) = (valkey.clone(), shutdown.clone());
-            async move {
-                let source = RabbitMqSourceConfig::default();
-                let health = clima_telemetry::readiness::Readiness::not_ready();
-                clima_consumer::rabbitmq::run(&rabbitmq, &source, &BatchConfig::default(), &store, shutdown, &health)
-                    .await
-            }
-        });
-
-        let (api_listener, api) = listener().await;
-        let config =
-            ApiConfig::with_writers(vec![format!("http://{kafka_writer}"), format!("http://{rabbitmq_writer}")]);
-        tokio::spawn(clima_api::serve(api_listener, config, stopped(&shutdown)));
-
+        let keys = KeySchema::new(name.clone());
         let stack = Self {
-            api: format!("http://{api}"),
+            api: format!("http://{}", api.unwrap()),
             name,
             kafka_writer,
             rabbitmq_writer,
-            redis,
-            valkey,
+            redis: CounterStore::connect(&redis_url, keys.clone(), Retention::default()).await.unwrap(),
+            valkey: CounterStore::connect(&valkey_url, keys, Retention::default()).await.unwrap(),
+            admin: vec![
+                kafka_writer_admin,
+                rabbitmq_writer_admin,
+                kafka_consumer_admin,
+                rabbitmq_consumer_admin,
+                api_admin,
+            ],
             client: reqwest::Client::new(),
             shutdown,
         };
@@ -115,13 +91,19 @@ impl TestStack {
         stack
     }
 
+    /// Waits until every service says it is ready: writers reached their
+    /// broker, consumers their broker and store, the API its writers.
     async fn wait_ready(&self) {
-        let ready = clima_testkit::eventually(Duration::from_secs(30), || async {
-            let ready = self.client.get(format!("{}/readyz", self.api)).send().await;
-            ready.is_ok_and(|response| response.status().is_success()).then_some(())
-        })
-        .await;
-        assert!(ready.is_some(), "the stack did not become ready in 30 s");
+        let urls =
+            self.admin.iter().map(|admin| format!("http://{admin}/readyz")).chain([format!("{}/readyz", self.api)]);
+        for url in urls {
+            let ready = eventually(Duration::from_secs(30), || async {
+                let ready = self.client.get(&url).send().await;
+                ready.is_ok_and(|response| response.status().is_success()).then_some(())
+            })
+            .await;
+            assert!(ready.is_some(), "{url} did not become ready in 30 s");
+        }
     }
 
     /// POSTs a JSON body to /input; returns the status and the JSON answer.
