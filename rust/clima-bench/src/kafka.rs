@@ -14,6 +14,8 @@ use crate::{Rate, payload};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub brokers: String,
+    /// librdkafka settings over the bench's own (`--kafka-option`).
+    pub options: Vec<(String, String)>,
     pub messages: u64,
     /// Bytes per message.
     pub size: usize,
@@ -24,6 +26,9 @@ pub async fn run(ceiling: Config) -> anyhow::Result<Vec<Rate>> {
     let topic = format!("clima-bench-{}", uuid::Uuid::now_v7().simple());
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &ceiling.brokers);
+    for (key, value) in &ceiling.options {
+        config.set(key, value);
+    }
     let admin: AdminClient<DefaultClientContext> = config.create()?;
     let created = admin
         .create_topics(&[NewTopic::new(&topic, ceiling.partitions, TopicReplication::Fixed(1))], &AdminOptions::new())

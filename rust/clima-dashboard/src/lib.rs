@@ -51,7 +51,7 @@ pub async fn serve(
         .into_axum_router();
     // HTTP/1.1 for browsers and HTTP/2 (h2c) for gRPC, on the same port; each
     // request observed (outermost) before the key is checked.
-    let web = access.guard(web::router(stores)).layer(HttpServerLayer);
+    let web = access.guard(web::router(stores.clone())).layer(HttpServerLayer);
     let app = web.merge(access.guard(grpc).layer(GrpcServerLayer));
     tracing::info!(
         address = ?listener.local_addr().ok(),
@@ -59,5 +59,47 @@ pub async fn serve(
         api_key = access.api_key.is_some(),
         "dashboard listening (page, /api/stats, gRPC StatsService)"
     );
+    let closing = stores.closing.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.cancel();
+    };
     clima_http::serve_tls(listener, app, clima_http::ConnectionLimits::default(), access.tls, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clima_store::KeySchema;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::{Access, StoreReader, Stores, serve};
+
+    /// A browser left open on the page must not keep the dashboard from
+    /// stopping: its watch ends with the shutdown.
+    #[tokio::test]
+    async fn shutdown_ends_the_watches_still_open() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        // Nothing listens on port 1: the watch reports the stores unreachable.
+        let reader = || StoreReader::new("redis://127.0.0.1:1", KeySchema::new("clima-test"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, Stores::new(reader(), reader()), Access::default(), async {
+            stopped.await.ok();
+        }));
+
+        let mut browser = TcpStream::connect(address).await.unwrap();
+        browser.write_all(b"GET /api/stats/stream?interval_ms=200 HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+        let mut head = [0; 64];
+        let read = browser.read(&mut head).await.unwrap();
+        assert!(head[..read].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..read]));
+
+        stop.send(()).unwrap();
+        let stopped = tokio::time::timeout(Duration::from_secs(5), server).await;
+        assert!(stopped.is_ok(), "the dashboard still waited on an open watch 5 s after its shutdown");
+    }
 }

@@ -4,6 +4,7 @@ use clima_proto::v1::{MinuteCount, StatsSnapshot, StoreCounts};
 use clima_store::{CounterStore, KeySchema, Retention};
 use pbjson_types::Timestamp;
 use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
 
 /// Per-minute counters shown when a client does not say.
 pub(crate) const DEFAULT_MINUTES: u32 = 15;
@@ -57,11 +58,14 @@ impl StoreReader {
 pub struct Stores {
     redis: Arc<StoreReader>,
     valkey: Arc<StoreReader>,
+    /// Cancelled when the dashboard shuts down: every watch (SSE and gRPC)
+    /// then ends, so the graceful drain does not wait on streams that never do.
+    pub(crate) closing: CancellationToken,
 }
 
 impl Stores {
     pub fn new(redis: StoreReader, valkey: StoreReader) -> Self {
-        Self { redis: Arc::new(redis), valkey: Arc::new(valkey) }
+        Self { redis: Arc::new(redis), valkey: Arc::new(valkey), closing: CancellationToken::new() }
     }
 
     /// Both stores, read concurrently.

@@ -26,7 +26,8 @@ pub(crate) fn watch_interval(interval_ms: u32) -> Duration {
     }
 }
 
-/// Snapshots now and then every `interval`, for as long as the stream is polled.
+/// Snapshots now and then every `interval`, for as long as the stream is
+/// polled and the dashboard is not shutting down.
 pub(crate) fn snapshots(
     stores: Stores,
     recent_minutes: u32,
@@ -34,7 +35,10 @@ pub(crate) fn snapshots(
 ) -> impl Stream<Item = clima_proto::v1::StatsSnapshot> + Send {
     let ticks = tokio::time::interval(interval);
     futures::stream::unfold((stores, ticks), move |(stores, mut ticks)| async move {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stores.closing.cancelled() => return None,
+        }
         let snapshot = stores.snapshot(recent_minutes).await;
         Some((snapshot, (stores, ticks)))
     })

@@ -19,7 +19,13 @@ use http::HeaderMap;
 
 /// A non-empty API key.
 #[derive(Clone)]
-pub struct ApiKey(Arc<str>);
+pub struct ApiKey {
+    key: Arc<str>,
+    /// SHA-256 of the key: what presented keys are compared with, so the
+    /// comparison takes the same time whatever their length (comparing the
+    /// keys themselves would tell a client the key's length).
+    digest: [u8; 32],
+}
 
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,12 +65,12 @@ impl ApiKey {
         if !key.bytes().all(|byte| byte.is_ascii_graphic()) {
             return Err(ApiKeyError::NotHeaderSafe);
         }
-        Ok(Some(Self(key.into())))
+        Ok(Some(Self { digest: sha256(&key), key: key.into() }))
     }
 
     /// `Bearer <key>`, the `Authorization` value that presents this key.
     pub fn bearer(&self) -> http::HeaderValue {
-        let mut value = http::HeaderValue::from_str(&format!("Bearer {}", self.0))
+        let mut value = http::HeaderValue::from_str(&format!("Bearer {}", self.key))
             .unwrap_or_else(|_| unreachable!("load() admits printable ASCII only"));
         value.set_sensitive(true);
         value
@@ -86,10 +92,13 @@ impl ApiKey {
         }
         presented
             .extend(headers.get_all("x-api-key").iter().filter_map(|value| value.to_str().ok()).map(str::to_owned));
-        presented
-            .iter()
-            .any(|candidate| constant_time_eq::constant_time_eq(candidate.trim().as_bytes(), self.0.as_bytes()))
+        presented.iter().any(|candidate| constant_time_eq::constant_time_eq_32(&sha256(candidate.trim()), &self.digest))
     }
+}
+
+fn sha256(text: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref().try_into().unwrap_or_else(|_| unreachable!("SHA-256 has 32 bytes"))
 }
 
 /// The password of `Basic` credentials (`base64(user:password)`); the user is ignored.

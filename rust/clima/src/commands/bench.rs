@@ -7,6 +7,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clima_bench::Rate;
+use clima_broker::kafka;
 
 use crate::flags::{KafkaFlags, RabbitMqFlags, Span};
 
@@ -41,6 +42,10 @@ struct KafkaCeilingArgs {
     /// Kafka bootstrap servers, comma separated host:port.
     #[arg(long = "kafka-brokers", env = "CLIMA_KAFKA_BROKERS", default_value = clima_broker::kafka::DEFAULT_BROKERS)]
     brokers: String,
+    /// librdkafka setting (key=value, repeatable) of the bench's clients, as
+    /// the services' --kafka-option: how they reach a SASL/TLS cluster.
+    #[arg(long = "kafka-option", env = "CLIMA_KAFKA_OPTIONS", hide_env_values = true, value_delimiter = ',', value_parser = kafka::parse_key_value)]
+    options: Vec<(String, String)>,
     /// Messages to produce, then consume.
     #[arg(long, env = "CLIMA_BENCH_MESSAGES", default_value_t = 200_000)]
     messages: u64,
@@ -148,8 +153,8 @@ struct OrderArgs {
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let rates = match args.ceiling {
         Ceiling::Kafka(args) => {
-            let KafkaCeilingArgs { brokers, messages, size, partitions } = args;
-            clima_bench::kafka::run(clima_bench::kafka::Config { brokers, messages, size, partitions }).await?
+            let KafkaCeilingArgs { brokers, options, messages, size, partitions } = args;
+            clima_bench::kafka::run(clima_bench::kafka::Config { brokers, options, messages, size, partitions }).await?
         }
         Ceiling::Rabbitmq(args) => {
             let RabbitMqCeilingArgs { url, messages, size, queue_type, window } = args;
