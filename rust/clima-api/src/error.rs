@@ -9,43 +9,72 @@ use serde::Serialize;
 /// `{"error": "<code>", "message": "...", "field": "<JSON path>"}`.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// 400 `invalid_json`: the body is not JSON, or not a tweet's shape.
     #[error("{message}")]
-    InvalidJson { field: Option<String>, message: String },
+    InvalidJson {
+        /// JSON path of the offending value, when known.
+        field: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// 422 `invalid_tweet`: well-formed, but breaks a tweet's rules.
     #[error("{message}")]
-    InvalidTweet { field: String, message: String },
+    InvalidTweet {
+        /// JSON path of the offending field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// 400 `bad_request`: anything else wrong with the request.
     #[error("{0}")]
     BadRequest(String),
+    /// 415: the body is not declared `application/json`.
     #[error("content type must be application/json")]
     UnsupportedMediaType,
+    /// 413: over --max-body-bytes or --max-tweets.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 503 `unavailable`: a writer did not confirm.
     #[error("{0}")]
     Unavailable(String),
+    /// 503 `overloaded`: shed beyond --max-concurrent-requests.
     #[error("the server is at its limit of concurrent requests; retry shortly")]
     Overloaded,
+    /// 408: --request-timeout passed before any tweet was handed on.
     #[error("the request took longer than {0:?}; none of its tweets was forwarded")]
     RequestTimeout(std::time::Duration),
+    /// 503 `timeout_after_handoff`: --request-timeout passed after the tweets
+    /// were handed to the writers.
     #[error(
         "the request took longer than {0:?} after its tweets were handed to the writers; they may still be \
          counted, so retry with the same Idempotency-Key"
     )]
     TimedOutAfterHandOff(std::time::Duration),
+    /// At startup: a --writer endpoint that is not a valid URI.
     #[error("invalid writer endpoint {endpoint:?}: {source}")]
     WriterEndpoint {
+        /// The endpoint as given.
         endpoint: String,
+        /// Why tonic refused it.
         #[source]
         source: tonic::transport::Error,
     },
+    /// The HTTP server failed.
     #[error("http server: {0}")]
     Serve(#[source] std::io::Error),
+    /// 401: the API key is required and was not presented.
     #[error("a valid API key is required (Authorization: Bearer <key> or X-Api-Key: <key>)")]
     Unauthorized,
+    /// At startup: a TLS or key file could not be read.
     #[error("reading {path:?}: {source}")]
     ReadFile {
+        /// The file.
         path: std::path::PathBuf,
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
+    /// At startup: the API key is not usable.
     #[error(transparent)]
     ApiKey(#[from] clima_http::auth::ApiKeyError),
 }

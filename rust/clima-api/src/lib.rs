@@ -4,7 +4,7 @@
 //! through the proto JSON mapping of `clima.v1.TweetInput` and validated by
 //! `clima-tweet`. Each accepted tweet gets a UUIDv7 id and a received time and
 //! goes to every writer over gRPC, together with the tweets of other requests
-//! in flight (see [`batcher`]); the answer is 202 only after every writer
+//! in flight (see `batcher.rs`); the answer is 202 only after every writer
 //! confirmed that its broker durably accepted every tweet.
 
 mod batcher;

@@ -108,11 +108,15 @@ impl Replica {
 /// --writer (1-based), not its address, which is internal.
 #[derive(Debug, Serialize)]
 pub struct WriterHealth {
+    /// Its position in --writer, from 1.
     pub writer: usize,
+    /// `SERVING`, `NOT_SERVING`, or `UNREACHABLE (<code>)`.
     pub status: String,
 }
 
 impl Writers {
+    /// A lazily connecting client of each endpoint (`a|b` for replicas),
+    /// with `timeout` per call, TLS if given, and the key the writers require.
     pub fn new(
         endpoints: &[String],
         timeout: Duration,

@@ -10,7 +10,9 @@ use clima_store::{CounterStore, KeySchema, Retention};
 use serde::Serialize;
 
 #[derive(Debug, Clone)]
+/// What `clima bench dedupe-memory` runs.
 pub struct Config {
+    /// A scratch Redis or Valkey.
     pub url: String,
     /// Distinct tweets to count.
     pub tweets: u64,
@@ -33,6 +35,7 @@ async fn used_memory(connection: &mut redis::aio::MultiplexedConnection) -> anyh
     Ok(line.trim().parse()?)
 }
 
+/// Counts the tweets and prints the memory growth per dedupe marker as JSON.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let client = redis::Client::open(config.url.as_str())?;
     let mut connection = client.get_multiplexed_async_connection().await?;

@@ -22,6 +22,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 #[derive(Debug, Clone)]
+/// What `clima bench hop` runs.
 pub struct Config {
     /// Records per Publish call.
     pub records: usize,
@@ -169,6 +170,7 @@ async fn listener() -> anyhow::Result<(TcpListener, SocketAddr)> {
     Ok((listener, address))
 }
 
+/// Runs the calls over both encodings and prints a JSON report of each.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let request = request(config.records.max(1));
 

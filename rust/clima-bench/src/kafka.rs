@@ -12,16 +12,21 @@ use rdkafka::{
 use crate::{Rate, payload};
 
 #[derive(Debug, Clone)]
+/// What `clima bench kafka` runs.
 pub struct Config {
+    /// Bootstrap servers.
     pub brokers: String,
     /// librdkafka settings over the bench's own (`--kafka-option`).
     pub options: Vec<(String, String)>,
+    /// Messages to produce, then consume.
     pub messages: u64,
     /// Bytes per message.
     pub size: usize,
+    /// Partitions of the scratch topic.
     pub partitions: i32,
 }
 
+/// Produces `messages` to a scratch topic (acks=all), then consumes them.
 pub async fn run(ceiling: Config) -> anyhow::Result<Vec<Rate>> {
     let topic = format!("clima-bench-{}", uuid::Uuid::now_v7().simple());
     let mut config = ClientConfig::new();

@@ -11,11 +11,16 @@
 
 pub mod dedupe_memory;
 pub mod hop;
+/// An axum hello world: the HTTP stack's ceiling.
 pub mod http;
+/// Plain rdkafka: produce (acks=all), then consume.
 pub mod kafka;
 pub mod order;
+/// An OTLP receiver that only counts spans.
 pub mod otlp_sink;
+/// Plain lapin: publish with confirms, then consume.
 pub mod rabbitmq;
+/// Plain redis: pipelined `HINCRBY`s, as the count script does.
 pub mod store;
 
 use std::time::Duration;
@@ -25,14 +30,20 @@ use serde::Serialize;
 /// One measured operation.
 #[derive(Debug, Serialize)]
 pub struct Rate {
+    /// What was measured: `kafka`, `rabbitmq`, `redis`, ...
     pub ceiling: String,
+    /// The operation: `produce`, `consume`, `HINCRBY (pipelined)`, ...
     pub operation: &'static str,
+    /// Operations done.
     pub count: u64,
+    /// How long they took.
     pub seconds: f64,
+    /// `count / seconds`.
     pub per_second: f64,
 }
 
 impl Rate {
+    /// `count` operations done in `elapsed`.
     pub fn new(ceiling: &str, operation: &'static str, count: u64, elapsed: Duration) -> Self {
         let seconds = elapsed.as_secs_f64();
         Self { ceiling: ceiling.to_owned(), operation, count, seconds, per_second: count as f64 / seconds.max(1e-9) }

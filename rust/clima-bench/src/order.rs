@@ -29,6 +29,7 @@ use rdkafka::{
 use serde::Serialize;
 
 #[derive(Debug, Clone)]
+/// What `clima bench order` runs.
 pub struct Config {
     /// The stack's Kafka and clima's topic on it.
     pub kafka: KafkaConfig,
@@ -119,6 +120,8 @@ fn accepted_ns(record: &TweetRecord) -> Option<i128> {
     record.received_at.as_ref().map(|t| i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos))
 }
 
+/// Taps both brokers until `tweets` came from each (or `timeout`), then
+/// prints how far each broker's order is from the order the API accepted them in.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let kafka = kafka_tap(&config.kafka).await?;
     let (_connection, rabbitmq) = rabbitmq_tap(&config.rabbitmq).await?;

@@ -9,6 +9,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 
 #[derive(Debug, Clone)]
+/// What `clima bench otlp-sink` runs.
 pub struct Config {
     /// Where to take OTLP/gRPC trace exports.
     pub listen: std::net::SocketAddr,

@@ -13,9 +13,13 @@ use lapin::{
 use crate::{Rate, payload};
 
 #[derive(Debug, Clone)]
+/// What `clima bench rabbitmq` runs.
 pub struct Config {
+    /// AMQP URL.
     pub url: String,
+    /// Messages to publish, then consume.
     pub messages: u64,
+    /// Bytes per message.
     pub size: usize,
     /// classic or quorum (clima's queue is a quorum queue).
     pub queue_type: String,
@@ -23,6 +27,7 @@ pub struct Config {
     pub window: u64,
 }
 
+/// Publishes `messages` to a scratch queue with confirms, then consumes them.
 pub async fn run(config: Config) -> anyhow::Result<Vec<Rate>> {
     let connection = Connection::connect(&config.url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;

@@ -3,15 +3,19 @@ use std::time::Instant;
 use crate::Rate;
 
 #[derive(Debug, Clone)]
+/// What `clima bench store` runs.
 pub struct Config {
+    /// Redis or Valkey URL.
     pub url: String,
     /// A name for the report: redis or valkey.
     pub name: String,
+    /// `HINCRBY`s to send.
     pub operations: u64,
     /// Commands per pipeline.
     pub pipeline: u64,
 }
 
+/// Sends `operations` pipelined `HINCRBY`s to one scratch hash.
 pub async fn run(config: Config) -> anyhow::Result<Vec<Rate>> {
     let client = redis::Client::open(config.url.as_str())?;
     let mut connection = client.get_multiplexed_async_connection().await?;

@@ -92,8 +92,11 @@ impl KafkaConfig {
 /// What a Kafka ACL grants access to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AclResource {
+    /// A topic, by name.
     Topic(String),
+    /// A consumer group, by name.
     Group(String),
+    /// The cluster itself.
     Cluster,
 }
 
@@ -102,7 +105,9 @@ pub enum AclResource {
 /// `ci/check_k8s.py` proves the manifests grant them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acl {
+    /// What it grants access to.
     pub resource: AclResource,
+    /// Kafka's operation names (`Write`, `Describe`, ...).
     pub operations: &'static [&'static str],
 }
 

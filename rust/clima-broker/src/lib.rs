@@ -8,10 +8,18 @@ pub mod rabbitmq;
 /// Why a broker could not be reached or set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// The Kafka client failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// Creating or checking the topic failed.
     #[error("kafka topic {topic}: {code}")]
-    KafkaTopic { topic: String, code: rdkafka::types::RDKafkaErrorCode },
+    KafkaTopic {
+        /// The topic.
+        topic: String,
+        /// What the broker answered.
+        code: rdkafka::types::RDKafkaErrorCode,
+    },
+    /// The AMQP connection or channel failed, or a declaration was refused.
     #[error("rabbitmq: {0}")]
     RabbitMq(#[from] lapin::Error),
 }

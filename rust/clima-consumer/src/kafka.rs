@@ -103,7 +103,9 @@ pub struct KafkaSource {
 
 /// The store, counting the messages of one topic (keyed by partition and offset).
 pub struct TopicTally<'a> {
+    /// The store that counts.
     pub store: &'a CounterStore,
+    /// The topic the positions are in.
     pub topic: &'a str,
 }
 

@@ -60,16 +60,23 @@ pub enum AckTiming {
     BeforeStore,
 }
 
+/// Why a consumer stopped or reconnects.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
+    /// Reaching the broker or declaring its topology failed.
     #[error(transparent)]
     Broker(#[from] clima_broker::BrokerError),
+    /// The Kafka client failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The AMQP connection or channel failed.
     #[error("rabbitmq: {0}")]
     RabbitMq(#[from] lapin::Error),
+    /// RabbitMQ ended the consumer's delivery stream.
     #[error("rabbitmq closed the consumer")]
     StreamEnded,
+    /// RabbitMQ did not confirm a dead letter (a nack, or no queue took it), so
+    /// the original stays unacknowledged.
     #[error("rabbitmq did not take a dead letter")]
     DeadLetterRefused,
 }

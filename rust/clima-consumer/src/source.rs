@@ -59,17 +59,32 @@ pub trait Source: Send {
 
 /// One received message and what the driver should do with it.
 pub struct Message<S: Source + ?Sized> {
+    /// What acknowledges it to the broker.
     pub ack: S::Ack,
+    /// What it holds.
     pub content: Content<S>,
 }
 
+/// What a received message holds, as the driver treats it.
 pub enum Content<S: Source + ?Sized> {
     /// A clima batch: its tweets, their process spans (see
-    /// [`process_spans`](crate::process_spans)) and where the message sits.
-    Tweets { records: Vec<TweetRecord>, spans: Vec<Span>, position: S::Position },
+    /// `process_spans`) and where the message sits.
+    Tweets {
+        /// The batch's tweets.
+        records: Vec<TweetRecord>,
+        /// One process span per tweet.
+        spans: Vec<Span>,
+        /// Where the message sits (Kafka: partition and offset).
+        position: S::Position,
+    },
     /// Not to be counted (not a clima batch, or delivered too often): to the
     /// dead-letter destination with `reason`.
-    Rejected { original: S::Original, reason: String },
+    Rejected {
+        /// The message as received, for the dead-letter destination.
+        original: S::Original,
+        /// Why it is not counted.
+        reason: String,
+    },
     /// Counted before (Kafka: below the store's next offset): only acknowledged.
     CountedBefore,
 }
@@ -77,6 +92,7 @@ pub enum Content<S: Source + ?Sized> {
 /// The store as the driver sees it: counts a batch once per message position
 /// and tweet id. [`clima_store::CounterStore`] is the real one.
 pub trait Tally<P>: Sync {
+    /// Why a count failed (the driver retries it).
     type Error: std::fmt::Display + Send;
 
     /// Which store this is (the `store` metric label and the span's `db.system`).

@@ -13,7 +13,9 @@ use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
 /// plain HTTP, as on a developer's machine.
 #[derive(Clone, Default)]
 pub struct Access {
+    /// Serve TLS only (HTTP/1.1 and HTTP/2 by ALPN), with these files.
     pub tls: Option<TlsAcceptor>,
+    /// The key every request but the probes and reflection needs.
     pub api_key: Option<ApiKey>,
 }
 

@@ -20,6 +20,7 @@ pub struct StoreReader {
 }
 
 impl StoreReader {
+    /// The store at `url`, read under `keys`; not connected yet.
     pub fn new(url: impl Into<String>, keys: KeySchema) -> Self {
         Self { url: url.into(), keys, store: OnceCell::new() }
     }
@@ -64,6 +65,7 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// Both stores, the dashboard's two columns.
     pub fn new(redis: StoreReader, valkey: StoreReader) -> Self {
         Self { redis: Arc::new(redis), valkey: Arc::new(valkey), closing: CancellationToken::new() }
     }

@@ -33,16 +33,22 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
+/// Why an API key cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiKeyError {
+    /// The key file could not be read.
     #[error("reading the API key file {path:?}: {source}")]
     ReadFile {
+        /// The file.
         path: PathBuf,
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
+    /// The key (or its file) is empty or blank.
     #[error("the API key is empty")]
     Empty,
+    /// The key has characters a header cannot carry.
     #[error("the API key must be printable ASCII without spaces, to travel in a header")]
     NotHeaderSafe,
 }

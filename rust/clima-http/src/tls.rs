@@ -25,16 +25,22 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+/// Why the TLS files do not make a server configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A file could not be read or holds no valid PEM.
     #[error("reading {path:?}: {source}")]
     Pem {
+        /// The file.
         path: PathBuf,
+        /// What was wrong with it.
         #[source]
         source: rustls::pki_types::pem::Error,
     },
+    /// rustls refused the certificate and key.
     #[error("TLS settings: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The client CA does not make a certificate verifier.
     #[error("client CA: {0}")]
     ClientVerifier(#[from] rustls::server::VerifierBuilderError),
 }

@@ -24,6 +24,7 @@ pub struct KeySchema {
 }
 
 impl KeySchema {
+    /// The keys under `prefix` (`--key-prefix`, `clima` by default).
     pub fn new(prefix: impl Into<String>) -> Self {
         Self { prefix: prefix.into() }
     }
@@ -105,15 +106,26 @@ impl Default for Retention {
     }
 }
 
+/// Why the store could not count or read.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A record whose id is not a UUID (the writer checks, so a bug or a forged message).
     #[error("record id {0:?} is not a UUID")]
     InvalidId(String),
+    /// A server older than the count script needs.
     #[error("store {url} runs {server}; the count script needs Redis or Valkey 7.0 or later")]
-    TooOld { url: String, server: String },
+    TooOld {
+        /// The store, without its password.
+        url: String,
+        /// The server and version it reported.
+        server: String,
+    },
+    /// The server refused or could not be reached.
     #[error("store {url}: {source}")]
     Redis {
+        /// The store, without its password.
         url: String,
+        /// The client's error.
         #[source]
         source: redis::RedisError,
     },
@@ -244,7 +256,9 @@ return counted
 /// Where the records of one Kafka message sit in its topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogPosition {
+    /// The message's partition.
     pub partition: i32,
+    /// The message's offset in it.
     pub offset: i64,
     /// How many of the batch's records, in order, came in this message.
     pub records: usize,
@@ -254,7 +268,9 @@ pub struct LogPosition {
 /// and how many of the batch's records, in order, it carried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
+    /// The AMQP `message-id` property, if set.
     pub message_id: Option<String>,
+    /// How many of the batch's records it carried.
     pub records: usize,
 }
 
@@ -311,6 +327,7 @@ impl CounterStore {
         self.system
     }
 
+    /// The key names it counts under.
     pub fn keys(&self) -> &KeySchema {
         &self.keys
     }
@@ -502,8 +519,11 @@ type Reply = (Option<u64>, BTreeMap<String, u64>, BTreeMap<String, u64>, BTreeMa
 /// Every counter of one store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
+    /// Every tweet counted.
     pub total: u64,
+    /// By ISO 3166-1 alpha-2 country code.
     pub by_country: BTreeMap<String, u64>,
+    /// By weather (`Lluvioso`, `Nublado`, `Soleado`).
     pub by_weather: BTreeMap<String, u64>,
     /// Keyed `COUNTRY:Weather`.
     pub by_country_weather: BTreeMap<String, u64>,

@@ -8,7 +8,9 @@ use std::time::Duration;
 /// A broker tweets travel through (the `broker` and `source` labels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Broker {
+    /// Kafka (Strimzi on Kubernetes, tansu locally).
     Kafka,
+    /// RabbitMQ.
     RabbitMq,
 }
 
@@ -25,7 +27,9 @@ impl Broker {
 /// A store tweets are counted in (the `store` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Store {
+    /// Redis, counting from Kafka.
     Redis,
+    /// Valkey, counting from RabbitMQ.
     Valkey,
 }
 
@@ -106,6 +110,7 @@ pub enum ApiStage {
 }
 
 impl ApiStage {
+    /// The `stage` label value.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Body => "body",

@@ -10,8 +10,10 @@
 //! (`rust/clima/src/telemetry.rs`); libraries only emit `tracing` spans and
 //! `metrics` samples.
 
+/// The admin HTTP server: `/metrics`, `/healthz`, `/readyz`.
 pub mod admin;
 pub mod events;
 pub mod layers;
+/// W3C trace context in and out of headers, metadata and records.
 pub mod propagation;
 pub mod readiness;

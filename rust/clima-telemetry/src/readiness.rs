@@ -23,10 +23,12 @@ impl Readiness {
         Self(Arc::new(AtomicBool::new(false)))
     }
 
+    /// Says whether the service is ready now.
     pub fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::Relaxed);
     }
 
+    /// What [`Readiness::set`] last said.
     pub fn is_ready(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }

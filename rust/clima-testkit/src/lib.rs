@@ -157,6 +157,7 @@ impl TestPki {
         std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
     }
 
+    /// `file` in the directory the certificates are written to.
     pub fn path(&self, file: &str) -> std::path::PathBuf {
         self.dir.join(file)
     }

@@ -23,19 +23,27 @@ pub const HEADER_TWEET_COUNT: &str = "clima-tweet-count";
 /// Why a broker message is not a valid clima batch.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
+    /// The message's content type is not clima's.
     #[error("content type {0:?} is not a clima message")]
     ContentType(String),
+    /// The body does not decode.
     #[error("body is not a clima.v1.{message}: {source}")]
     Decode {
+        /// The message it should have been.
         message: &'static str,
+        /// What prost found.
         #[source]
         source: prost::DecodeError,
     },
+    /// The batch is empty.
     #[error("the batch holds no tweets")]
     Empty,
+    /// A record of the batch breaks a tweet's rules.
     #[error("records[{index}] is invalid: {source}")]
     Invalid {
+        /// Its position in the batch.
         index: usize,
+        /// The rule it breaks.
         #[source]
         source: TweetError,
     },

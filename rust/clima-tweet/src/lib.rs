@@ -23,24 +23,33 @@ pub const RECEIVED_AT_WINDOW: std::time::Duration = std::time::Duration::from_se
 /// Why a tweet or record is invalid. [`TweetError::field`] names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TweetError {
+    /// `description` is empty or blank.
     #[error("description must not be empty")]
     EmptyDescription,
+    /// `description` is over [`MAX_DESCRIPTION_CHARS`] characters (the count).
     #[error("description has {0} characters; at most {MAX_DESCRIPTION_CHARS} are allowed")]
     DescriptionTooLong(usize),
+    /// `country` is not an ISO 3166-1 alpha-2 code.
     #[error("country {0:?} is not an ISO 3166-1 alpha-2 code (e.g. \"GT\")")]
     UnknownCountry(String),
+    /// `weather` is none of the three.
     #[error("weather {0:?} is not one of Lluvioso, Nublado, Soleado")]
     UnknownWeather(String),
+    /// `weather` is missing.
     #[error("weather must be set")]
     UnspecifiedWeather,
+    /// A record's `id` is not a canonical UUID.
     #[error(
         "id {0:?} is not a UUID in canonical form (lower case, hyphenated, e.g. \"0192d1c4-5f1e-7b3a-9c2d-1e2f3a4b5c6d\")"
     )]
     InvalidId(String),
+    /// A record has no `received_at`.
     #[error("received_at must be set")]
     MissingReceivedAt,
+    /// A record's `received_at` is over [`RECEIVED_AT_WINDOW`] away from now (by this many seconds).
     #[error("received_at is {0} s away from this server's clock; at most {window} s are allowed", window = RECEIVED_AT_WINDOW.as_secs())]
     ReceivedAtOutOfWindow(i64),
+    /// A record has no tweet.
     #[error("tweet must be set")]
     MissingTweet,
 }

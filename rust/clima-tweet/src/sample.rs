@@ -6,6 +6,7 @@ use std::sync::LazyLock;
 /// Countries and, per weather, descriptions to draw tweets from.
 #[derive(Debug)]
 pub struct Sample {
+    /// ISO 3166-1 alpha-2 codes, in the file's order.
     pub countries: Vec<&'static str>,
     /// (weather, its descriptions), in the file's order.
     pub weathers: Vec<(&'static str, Vec<&'static str>)>,

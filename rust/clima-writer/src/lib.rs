@@ -6,7 +6,9 @@
 //!   standard health service, whose status follows the broker's.
 //! - [`sinks`]: one module per broker, each with its `config`, `sink` and `tests`.
 
+/// The tonic server: reflection, health, TLS and the API key.
 pub mod server;
+/// The `clima.v1.WriterService` implementation over a [`Sink`].
 pub mod service;
 pub mod sinks;
 

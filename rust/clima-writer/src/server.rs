@@ -64,16 +64,22 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, ServeError> {
     std::fs::read(path).map_err(|source| ServeError::ReadFile { path: path.clone(), source })
 }
 
+/// Why the writer's server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// A TLS or key file could not be read.
     #[error("reading {path:?}: {source}")]
     ReadFile {
+        /// The file.
         path: PathBuf,
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
+    /// The gRPC server failed (or refused its TLS settings).
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The API key is not usable.
     #[error(transparent)]
     ApiKey(#[from] clima_http::auth::ApiKeyError),
 }

@@ -14,6 +14,7 @@ pub struct Writer<S> {
 }
 
 impl<S: Sink> Writer<S> {
+    /// The service over `sink`, refusing requests of over `max_records` records.
     pub fn new(sink: Arc<S>, max_records: usize) -> Self {
         Self { sink, max_records }
     }

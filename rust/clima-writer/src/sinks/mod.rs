@@ -38,6 +38,7 @@ pub(crate) fn publish_span(broker: Broker, destination: &str, records: &[TweetRe
     span
 }
 
+/// A broker the writer publishes to: Kafka or RabbitMQ.
 pub trait Sink: Send + Sync + 'static {
     /// Short broker name for logs and errors.
     fn broker(&self) -> Broker;
@@ -53,22 +54,45 @@ pub trait Sink: Send + Sync + 'static {
     fn check(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
+/// Why a batch was not published: the API answers 503 and nothing is counted
+/// as accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// Reaching the broker or declaring its topology failed.
     #[error(transparent)]
     Broker(#[from] clima_broker::BrokerError),
+    /// Kafka did not acknowledge a message (acks=all).
     #[error("kafka did not acknowledge a batch of {records} records: {source}")]
     KafkaDelivery {
+        /// Records of the batch.
         records: usize,
+        /// librdkafka's error.
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// The AMQP connection or channel failed.
     #[error("rabbitmq: {0}")]
     RabbitMq(#[from] lapin::Error),
+    /// RabbitMQ answered the publish with a nack.
     #[error("rabbitmq refused a batch of {records} records (nack)")]
-    RabbitMqNack { records: usize },
+    RabbitMqNack {
+        /// Records of the batch.
+        records: usize,
+    },
+    /// The mandatory message reached no queue.
     #[error("rabbitmq could not route a batch of {records} records to any queue: {reply}")]
-    RabbitMqUnroutable { records: usize, reply: String },
+    RabbitMqUnroutable {
+        /// Records of the batch.
+        records: usize,
+        /// The broker's reply text.
+        reply: String,
+    },
+    /// No confirm in time.
     #[error("{broker} did not confirm within {timeout:?}")]
-    Timeout { broker: &'static str, timeout: std::time::Duration },
+    Timeout {
+        /// The broker's name.
+        broker: &'static str,
+        /// How long the writer waited.
+        timeout: std::time::Duration,
+    },
 }

@@ -18,6 +18,7 @@ use tracing::Instrument;
 use super::KafkaSinkConfig;
 use crate::{Sink, SinkError, sinks::Broker};
 
+/// Publishes batches to a Kafka topic (acks=all), creating it if missing.
 pub struct KafkaSink {
     broker: KafkaConfig,
     producer: FutureProducer,

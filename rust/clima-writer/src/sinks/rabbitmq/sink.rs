@@ -15,6 +15,8 @@ use crate::{Sink, SinkError, sinks::Broker};
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
 
+/// Publishes batches to a RabbitMQ exchange with publisher confirms,
+/// persistent and mandatory, declaring the exchange and its queue.
 pub struct RabbitMqSink {
     broker: RabbitMqConfig,
     config: RabbitMqSinkConfig,
