@@ -893,8 +893,12 @@ def _library_beside_binary(build):
         return [f'{where}: src/lib.rs is the library `{crate}`, but no rust_library has crate_name = "{crate}"']
     problems = []
     for body in targets["rust_binary"] + targets["rust_test"]:
-        if "crate = " not in body and f'":{library}"' not in body:
-            name = re.search(r'\bname = "([^"]+)"', body).group(1)
+        name = re.search(r'\bname = "([^"]+)"', body).group(1)
+        tested = re.search(r'\bcrate = "([^"]+)"', body)
+        if tested and tested.group(1) != f":{library}":
+            # Testing the binary compiles main.rs alone: the library's tests would not run.
+            problems.append(f"{where}: {name} tests {tested.group(1)}, not the library :{library}")
+        elif not tested and f'":{library}"' not in body:
             problems.append(f"{where}: {name} compiles apart from src/lib.rs but does not depend on :{library}")
     return problems
 

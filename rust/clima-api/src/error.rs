@@ -34,7 +34,7 @@ pub enum ApiError {
     /// 413: over --max-body-bytes or --max-tweets.
     #[error("{0}")]
     PayloadTooLarge(String),
-    /// 503 `unavailable`: a writer did not confirm.
+    /// 503 `unavailable`: a writer did not confirm, or the API is shutting down.
     #[error("{0}")]
     Unavailable(String),
     /// 503 `overloaded`: shed beyond --max-concurrent-requests.
@@ -50,7 +50,8 @@ pub enum ApiError {
          counted, so retry with the same Idempotency-Key"
     )]
     TimedOutAfterHandOff(std::time::Duration),
-    /// At startup: a --writer endpoint that is not a valid URI.
+    /// At startup: a --writer endpoint that is not a valid URI, or TLS
+    /// settings tonic refused for it.
     #[error("invalid writer endpoint {endpoint:?}: {source}")]
     WriterEndpoint {
         /// The endpoint as given.

@@ -110,7 +110,8 @@ impl Replica {
 pub struct WriterHealth {
     /// Its position in --writer, from 1.
     pub writer: usize,
-    /// `SERVING`, `NOT_SERVING`, or `UNREACHABLE (<code>)`.
+    /// A `grpc.health.v1` status (`SERVING`, `NOT_SERVING`, ...), or
+    /// `UNREACHABLE (<code>)`.
     pub status: String,
 }
 

@@ -9,8 +9,8 @@ use clima_proto::v1::{Tweet, TweetRecord, Weather};
 use clima_store::{CounterStore, KeySchema, Retention};
 use serde::Serialize;
 
-#[derive(Debug, Clone)]
 /// What `clima bench dedupe-memory` runs.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// A scratch Redis or Valkey.
     pub url: String,

@@ -21,8 +21,8 @@ use prost::Message;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-#[derive(Debug, Clone)]
 /// What `clima bench hop` runs.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Records per Publish call.
     pub records: usize,

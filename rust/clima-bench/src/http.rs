@@ -1,7 +1,7 @@
 use axum::{Router, http::StatusCode, routing::post, serve::ListenerExt};
 
-#[derive(Debug, Clone)]
 /// What `clima bench http-hello` runs.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Where to listen; `clima load --url http://<this>/input` measures it.
     pub listen: String,

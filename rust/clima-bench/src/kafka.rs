@@ -11,12 +11,14 @@ use rdkafka::{
 
 use crate::{Rate, payload};
 
-#[derive(Debug, Clone)]
 /// What `clima bench kafka` runs.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Bootstrap servers.
     pub brokers: String,
-    /// librdkafka settings over the bench's own (`--kafka-option`).
+    /// librdkafka settings to reach the cluster (`--kafka-option`: SASL, TLS);
+    /// the bench's own producer and consumer settings stay, so the figure
+    /// measures the same thing everywhere.
     pub options: Vec<(String, String)>,
     /// Messages to produce, then consume.
     pub messages: u64,

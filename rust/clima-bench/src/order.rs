@@ -28,8 +28,8 @@ use rdkafka::{
 };
 use serde::Serialize;
 
-#[derive(Debug, Clone)]
 /// What `clima bench order` runs.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The stack's Kafka and clima's topic on it.
     pub kafka: KafkaConfig,

@@ -8,8 +8,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
 };
 
-#[derive(Debug, Clone)]
 /// What `clima bench otlp-sink` runs.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Where to take OTLP/gRPC trace exports.
     pub listen: std::net::SocketAddr,

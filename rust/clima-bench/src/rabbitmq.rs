@@ -12,8 +12,8 @@ use lapin::{
 
 use crate::{Rate, payload};
 
-#[derive(Debug, Clone)]
 /// What `clima bench rabbitmq` runs.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// AMQP URL.
     pub url: String,

@@ -2,8 +2,8 @@ use std::time::Instant;
 
 use crate::Rate;
 
-#[derive(Debug, Clone)]
 /// What `clima bench store` runs.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Redis or Valkey URL.
     pub url: String,

@@ -51,14 +51,14 @@ fn is_open(path: &str) -> bool {
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
 }
 
+/// Whether a request is a gRPC call (by its content type).
+pub(crate) fn is_grpc(headers: &axum::http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// 401 with a JSON body, or UNAUTHENTICATED to a gRPC call.
 fn unauthorized<B>(request: &Request<B>) -> Response {
-    let is_grpc = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/grpc"));
-    if is_grpc {
+    if is_grpc(request.headers()) {
         return tonic::Status::unauthenticated("a valid API key is required (authorization: Bearer <key>)")
             .into_http::<Body>();
     }

@@ -23,9 +23,11 @@ mod web;
 
 use std::future::Future;
 
+use axum::handler::HandlerWithoutStateExt;
 use clima_proto::v1::stats_service_server::{SERVICE_NAME, StatsServiceServer};
 use clima_telemetry::layers::{GrpcServerLayer, HttpServerLayer};
 use tokio::net::TcpListener;
+use tower::Layer;
 
 pub use access::Access;
 pub use snapshot::{StoreReader, Stores};
@@ -50,9 +52,13 @@ pub async fn serve(
         .add_service(reflection().build_v1alpha().expect("clima's descriptors are valid"))
         .into_axum_router();
     // HTTP/1.1 for browsers and HTTP/2 (h2c) for gRPC, on the same port; each
-    // request observed (outermost) before the key is checked.
+    // request observed (outermost) before the key is checked. A path neither
+    // router has is the fallback's, observed as an HTTP request.
+    let grpc_layer = GrpcServerLayer::new(&[clima_proto::FILE_DESCRIPTOR_SET]).expect("clima's descriptors are valid");
     let web = access.guard(web::router(stores.clone())).layer(HttpServerLayer);
-    let app = web.merge(access.guard(grpc).layer(GrpcServerLayer));
+    let app = web
+        .merge(access.guard(grpc).route_layer(grpc_layer))
+        .fallback_service(HttpServerLayer.layer(web::unmatched.into_service()));
     tracing::info!(
         address = ?listener.local_addr().ok(),
         tls = access.tls.is_some(),
@@ -78,6 +84,22 @@ mod tests {
     };
 
     use super::{Access, StoreReader, Stores, serve};
+
+    /// A path no route has is a 404 with a JSON body to a browser, not a
+    /// gRPC answer (the gRPC router's fallback was the whole port's).
+    #[tokio::test]
+    async fn an_unknown_path_is_a_json_404() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let reader = || StoreReader::new("redis://127.0.0.1:1", KeySchema::new("clima-test"));
+        tokio::spawn(serve(listener, Stores::new(reader(), reader()), Access::default(), std::future::pending()));
+        let mut browser = TcpStream::connect(address).await.unwrap();
+        browser.write_all(b"GET /favicon.ico HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        browser.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        assert!(answer.contains(r#""error":"not_found""#), "{answer}");
+    }
 
     /// A browser left open on the page must not keep the dashboard from
     /// stopping: its watch ends with the shutdown.

@@ -38,6 +38,15 @@ pub(crate) fn router(stores: Stores) -> Router {
         .with_state(stores)
 }
 
+/// A path no route has: gRPC's UNIMPLEMENTED to a gRPC client, else 404 JSON.
+pub(crate) async fn unmatched(request: axum::extract::Request) -> axum::response::Response {
+    if crate::access::is_grpc(request.headers()) {
+        return tonic::Status::unimplemented(format!("no method {}", request.uri().path())).into_http();
+    }
+    let body = serde_json::json!({"error": "not_found", "message": format!("no route for {}", request.uri().path())});
+    (axum::http::StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
 /// `GET /api/stats?minutes=N`: a `clima.v1.GetStatsResponse` as proto3 JSON.
 async fn stats(State(stores): State<Stores>, Query(query): Query<StatsQuery>) -> impl IntoResponse {
     Json(GetStatsResponse { snapshot: Some(stores.snapshot(query.minutes).await) })

@@ -1,7 +1,6 @@
 use std::collections::HashMap;
 
 use opentelemetry::propagation::{Extractor, Injector};
-use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use opentelemetry_http::{HeaderExtractor, HeaderInjector};
@@ -21,36 +20,6 @@ pub fn set_parent(span: &tracing::Span, carrier: &dyn Extractor) {
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(carrier));
     // Fails only for a span that is disabled or already started: nothing to join then.
     let _ = span.set_parent(parent);
-}
-
-/// gRPC request metadata as a trace-context carrier (write side).
-pub struct MetadataInjector<'a>(pub &'a mut MetadataMap);
-
-impl Injector for MetadataInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(key), Ok(value)) = (MetadataKey::from_bytes(key.as_bytes()), MetadataValue::try_from(&value)) {
-            self.0.insert(key, value);
-        }
-    }
-}
-
-/// gRPC request metadata as a trace-context carrier (read side).
-pub struct MetadataExtractor<'a>(pub &'a MetadataMap);
-
-impl Extractor for MetadataExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0
-            .keys()
-            .filter_map(|key| match key {
-                tonic::metadata::KeyRef::Ascii(key) => Some(key.as_str()),
-                tonic::metadata::KeyRef::Binary(_) => None,
-            })
-            .collect()
-    }
 }
 
 /// Most bytes (keys and values) a record's trace context may take.

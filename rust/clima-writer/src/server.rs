@@ -124,7 +124,7 @@ pub async fn serve_reporting<S: Sink>(
         server = server.tls_config(tls)?;
     }
     let result = server
-        .layer(GrpcServerLayer)
+        .layer(GrpcServerLayer::new(&[clima_proto::FILE_DESCRIPTOR_SET]).expect("clima's descriptors are valid"))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -5,7 +5,7 @@ use std::{ffi::OsString, future::Future, net::SocketAddr, pin::Pin};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Cli, Command, commands};
+use crate::{Cli, Command, commands, deprecated};
 
 /// A service (`api`, `writer …`, `consumer …` or `dashboard`) with its ports
 /// bound and its admin server up, ready to serve.
@@ -17,15 +17,21 @@ pub struct Service {
 
 impl Service {
     /// Builds the service `args` name (`["writer", "kafka", "--listen",
-    /// "127.0.0.1:0", …]`: the command line after `clima`) as the binary
-    /// does: flags and their env vars parsed, ports bound (port 0 picks a free
-    /// one), the admin server started. It stops when `shutdown` is cancelled.
+    /// "127.0.0.1:0", …]`: the command line after `clima`) with the binary's
+    /// startup code: flags (old spellings too) and their env vars parsed, its
+    /// settings checked, ports bound (port 0 picks a free one), the admin
+    /// server started. It stops when `shutdown` is cancelled. Unlike the
+    /// binary, it leaves logging, tracing and signals to the caller.
     pub async fn build<I, T>(args: I, shutdown: CancellationToken) -> anyhow::Result<Self>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString>,
     {
-        let argv = std::iter::once(OsString::from("clima")).chain(args.into_iter().map(Into::into));
+        let argv = std::iter::once(OsString::from("clima")).chain(args.into_iter().map(Into::into)).collect();
+        let (argv, deprecation) = deprecated::upgrade(argv, |name| std::env::var(name).ok());
+        if let Some(deprecation) = deprecation {
+            tracing::warn!("{deprecation}");
+        }
         Self::start(Cli::try_parse_from(argv)?.command, shutdown).await
     }
 

@@ -1,4 +1,5 @@
 use std::{
+    collections::HashSet,
     error::Error,
     future::Future,
     pin::Pin,
@@ -10,6 +11,7 @@ use std::{
 use axum::http::{HeaderMap, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use prost::Message as _;
 use tonic::Code;
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, field::Empty, instrument::Instrumented};
@@ -28,15 +30,48 @@ const OTHER: &str = "_OTHER";
 /// Serves each gRPC call of a server in a `grpc.server` span that joins the
 /// caller's trace, and records `grpc_server_*` metrics by service, method and
 /// status code. `tonic::transport::Server::builder().layer(..)`, or
-/// `Router::layer` for gRPC routes served through axum.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GrpcServerLayer;
+/// `Router::route_layer` for gRPC routes served through axum.
+#[derive(Debug, Clone)]
+pub struct GrpcServerLayer {
+    /// `/package.Service/Method` of every method the server has.
+    methods: Arc<HashSet<String>>,
+}
+
+impl GrpcServerLayer {
+    /// A layer for a server with the services of these encoded
+    /// `FileDescriptorSet`s (what reflection registers), besides the health
+    /// and reflection services every clima server has. Calls of any other
+    /// path are labelled `_OTHER`: clients choose paths, and the key check or
+    /// the router may answer before anything refuses an unknown one.
+    pub fn new(descriptor_sets: &[&[u8]]) -> Result<Self, prost::DecodeError> {
+        let standard = [
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let mut methods = HashSet::new();
+        for encoded in descriptor_sets.iter().chain(&standard) {
+            for file in prost_types::FileDescriptorSet::decode(*encoded)?.file {
+                let package = file.package();
+                for service in &file.service {
+                    let service_name = if package.is_empty() {
+                        service.name().to_owned()
+                    } else {
+                        format!("{package}.{}", service.name())
+                    };
+                    methods.extend(service.method.iter().map(|method| format!("/{service_name}/{}", method.name())));
+                }
+            }
+        }
+        Ok(Self { methods: Arc::new(methods) })
+    }
+}
 
 impl<S> Layer<S> for GrpcServerLayer {
     type Service = GrpcServer<S>;
 
     fn layer(&self, inner: S) -> GrpcServer<S> {
-        GrpcServer { inner }
+        GrpcServer { inner, methods: Arc::clone(&self.methods) }
     }
 }
 
@@ -44,6 +79,7 @@ impl<S> Layer<S> for GrpcServerLayer {
 #[derive(Debug, Clone)]
 pub struct GrpcServer<S> {
     inner: S,
+    methods: Arc<HashSet<String>>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for GrpcServer<S>
@@ -60,10 +96,8 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let (service, method) = rpc_name(request.uri());
-        let span = if service == HEALTH_SERVICE {
-            Span::none()
-        } else {
+        let known = self.methods.contains(request.uri().path());
+        let call = Call::start(Side::Server, request.uri(), known, |service, method| {
             tracing::info_span!(
                 "grpc.server",
                 otel.name = %format_args!("{service}/{method}"),
@@ -74,12 +108,9 @@ where
                 rpc.method = %method,
                 rpc.grpc.status_code = Empty,
             )
-        };
-        propagation::set_parent(&span, &HeaderExtractor(request.headers()));
-        let call =
-            Call { side: Side::Server, service, method, span: span.clone(), started: Instant::now(), done: false };
-        let inner = span.in_scope(|| self.inner.call(request)).instrument(span);
-        GrpcResponseFuture { inner, call: Some(call) }
+        });
+        propagation::set_parent(&call.span, &HeaderExtractor(request.headers()));
+        GrpcResponseFuture::new(call, |span| span.in_scope(|| self.inner.call(request)))
     }
 }
 
@@ -140,10 +171,9 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let (service, method) = rpc_name(request.uri());
-        let span = if service == HEALTH_SERVICE {
-            Span::none()
-        } else {
+        let side = Side::Client { target: Arc::clone(&self.target) };
+        // Its own code chooses the paths: all are labels.
+        let call = Call::start(side, request.uri(), true, |service, method| {
             tracing::info_span!(
                 "grpc.client",
                 otel.name = %format_args!("{service}/{method}"),
@@ -156,27 +186,24 @@ where
                 server.address = %self.host,
                 server.port = self.port,
             )
-        };
+        });
         if let Some(LinkedSpans(others)) = request.extensions_mut().remove::<LinkedSpans>() {
             for other in &others {
-                propagation::add_link(&span, other);
+                propagation::add_link(&call.span, other);
             }
         }
-        propagation::inject(&span, &mut HeaderInjector(request.headers_mut()));
-        let side = Side::Client { target: Arc::clone(&self.target) };
-        let call = Call { side, service, method, span: span.clone(), started: Instant::now(), done: false };
-        let inner = span.in_scope(|| self.inner.call(request)).instrument(span);
-        GrpcResponseFuture { inner, call: Some(call) }
+        propagation::inject(&call.span, &mut HeaderInjector(request.headers_mut()));
+        GrpcResponseFuture::new(call, |span| span.in_scope(|| self.inner.call(request)))
     }
 }
 
 /// `/package.Service/Method` as (`package.Service`, `Method`).
-fn rpc_name(uri: &Uri) -> (String, String) {
+fn rpc_name(uri: &Uri) -> Option<(String, String)> {
     match uri.path().trim_start_matches('/').split_once('/') {
         Some((service, method)) if !service.is_empty() && !method.is_empty() && !method.contains('/') => {
-            (service.to_owned(), method.to_owned())
+            Some((service.to_owned(), method.to_owned()))
         }
-        _ => (OTHER.to_owned(), OTHER.to_owned()),
+        _ => None,
     }
 }
 
@@ -198,6 +225,14 @@ struct Call {
 }
 
 impl Call {
+    /// A call of `uri`'s method (`_OTHER` unless `known`), in the span `span`
+    /// makes of its service and method (none for health checks).
+    fn start(side: Side, uri: &Uri, known: bool, span: impl FnOnce(&str, &str) -> Span) -> Self {
+        let (service, method) = rpc_name(uri).filter(|_| known).unwrap_or_else(|| (OTHER.to_owned(), OTHER.to_owned()));
+        let span = if service == HEALTH_SERVICE { Span::none() } else { span(&service, &method) };
+        Self { side, service, method, span, started: Instant::now(), done: false }
+    }
+
     fn finish(&mut self, code: Code) {
         if std::mem::replace(&mut self.done, true) {
             return;
@@ -221,8 +256,7 @@ impl Call {
         if failed {
             self.span.record("otel.status_code", "ERROR");
         }
-        let (service, method) =
-            if code == Code::Unimplemented { (OTHER, OTHER) } else { (self.service.as_str(), self.method.as_str()) };
+        let (service, method) = (self.service.as_str(), self.method.as_str());
         match &self.side {
             Side::Server => events::grpc_request_served(service, method, code, took),
             Side::Client { target } => events::grpc_request_made(service, method, target, code, took),
@@ -241,7 +275,10 @@ fn status_code(headers: &HeaderMap) -> Option<Code> {
     headers.get("grpc-status").map(|value| Code::from_bytes(value.as_bytes()))
 }
 
-/// The status a failed call ends with, as tonic's client maps it.
+/// The status of a call that got no response: the `Status` in the error if
+/// there is one, `Cancelled` for the channel's timeout (as tonic's client
+/// says), else `Unavailable`. (tonic's client also reads hyper's and h2's
+/// errors more finely; these metrics do not.)
 fn error_code(error: &(dyn Error + 'static)) -> Code {
     let mut source = Some(error);
     while let Some(error) = source {
@@ -262,6 +299,14 @@ pin_project! {
         #[pin]
         inner: Instrumented<F>,
         call: Option<Call>,
+    }
+}
+
+impl<F> GrpcResponseFuture<F> {
+    /// The future `call_inner` makes, run in `call`'s span.
+    fn new(call: Call, call_inner: impl FnOnce(&Span) -> F) -> Self {
+        let span = call.span.clone();
+        Self { inner: call_inner(&span).instrument(span), call: Some(call) }
     }
 }
 

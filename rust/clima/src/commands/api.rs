@@ -51,6 +51,11 @@ pub(crate) async fn build(args: ApiArgs, shutdown: CancellationToken) -> anyhow:
     )
     .await?;
     let address = listener.local_addr()?;
-    let serving = clima_api::serve(listener, args.config.into(), async move { shutdown.cancelled().await });
+    let config: clima_api::ApiConfig = args.config.into();
+    let limits = config.connection_limits();
+    // Built here, so a bad --writer or key file fails the start, not the serving.
+    let app = clima_api::router(config)?;
+    tracing::info!(%address, "api listening");
+    let serving = clima_http::serve(listener, app, limits, async move { shutdown.cancelled().await });
     Ok(Service::new(Some(address), admin, async move { Ok(serving.await?) }))
 }

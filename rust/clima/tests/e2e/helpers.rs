@@ -4,6 +4,7 @@ use clima::Service;
 use clima_store::{CounterStore, Counts, KeySchema, Retention};
 use clima_testkit::{amqp_url, eventually, kafka_brokers, redis_url, unique_name, valkey_url};
 use serde_json::Value;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The whole pipeline with names (topic, queue, key prefix) of its own, each
@@ -19,6 +20,8 @@ pub(crate) struct TestStack {
     pub valkey: CounterStore,
     /// Every service's admin server (`/readyz`).
     admin: Vec<SocketAddr>,
+    /// Every service's task: one that ended failed (its panic says why).
+    services: Vec<JoinHandle<()>>,
     client: reqwest::Client,
     shutdown: CancellationToken,
 }
@@ -29,18 +32,26 @@ impl Drop for TestStack {
     }
 }
 
-/// Starts `clima <args>` in this process and returns its address and admin address.
-async fn start(args: &[&str], shutdown: &CancellationToken) -> (Option<SocketAddr>, SocketAddr) {
+/// A service of the stack, running in this process.
+struct Started {
+    address: Option<SocketAddr>,
+    admin: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+/// Starts `clima <args>` in this process.
+async fn start(args: &[&str], shutdown: &CancellationToken) -> Started {
     let args = [args, &["--admin-listen", "127.0.0.1:0"]].concat();
     let service =
         Service::build(&args, shutdown.clone()).await.unwrap_or_else(|error| panic!("clima {args:?}: {error:#}"));
-    let addresses = (service.address(), service.admin_address());
-    tokio::spawn(async move {
+    let (address, admin) = (service.address(), service.admin_address());
+    let command = args.join(" ");
+    let task = tokio::spawn(async move {
         if let Err(error) = service.run_until_stopped().await {
-            panic!("a service of the test stack failed: {error:#}");
+            panic!("clima {command} failed: {error:#}");
         }
     });
-    addresses
+    Started { address, admin, task }
 }
 
 impl TestStack {
@@ -53,37 +64,33 @@ impl TestStack {
         let shutdown = CancellationToken::new();
         let any_port = ["--listen", "127.0.0.1:0", "--health-interval", "200ms"];
 
-        let (kafka_writer, kafka_writer_admin) =
-            start(&[&["writer", "kafka"][..], &any_port, &kafka].concat(), &shutdown).await;
-        let (rabbitmq_writer, rabbitmq_writer_admin) =
-            start(&[&["writer", "rabbitmq"][..], &any_port, &rabbitmq].concat(), &shutdown).await;
+        let writer_kafka = start(&[&["writer", "kafka"][..], &any_port, &kafka].concat(), &shutdown).await;
+        let writer_rabbitmq = start(&[&["writer", "rabbitmq"][..], &any_port, &rabbitmq].concat(), &shutdown).await;
         let counting = |url| ["--store-url", url, "--key-prefix", &name];
-        let (_, kafka_consumer_admin) = start(
+        let consumer_kafka = start(
             &[&["consumer", "kafka"][..], &counting(&redis_url), &kafka, &["--kafka-group", &name]].concat(),
             &shutdown,
         )
         .await;
-        let (_, rabbitmq_consumer_admin) =
+        let consumer_rabbitmq =
             start(&[&["consumer", "rabbitmq"][..], &counting(&valkey_url), &rabbitmq].concat(), &shutdown).await;
-        let (kafka_writer, rabbitmq_writer) = (kafka_writer.unwrap(), rabbitmq_writer.unwrap());
+        let (kafka_writer, rabbitmq_writer) = (writer_kafka.address.unwrap(), writer_rabbitmq.address.unwrap());
         let writers = format!("http://{kafka_writer},http://{rabbitmq_writer}");
-        let (api, api_admin) = start(&["api", "--listen", "127.0.0.1:0", "--writer", &writers], &shutdown).await;
+        let api = start(&["api", "--listen", "127.0.0.1:0", "--writer", &writers], &shutdown).await;
 
         let keys = KeySchema::new(name.clone());
+        let started = [writer_kafka, writer_rabbitmq, consumer_kafka, consumer_rabbitmq, api];
+        let api_address = started[4].address.unwrap();
+        let (admin, services) = started.into_iter().map(|service| (service.admin, service.task)).unzip();
         let stack = Self {
-            api: format!("http://{}", api.unwrap()),
+            api: format!("http://{api_address}"),
             name,
             kafka_writer,
             rabbitmq_writer,
             redis: CounterStore::connect(&redis_url, keys.clone(), Retention::default()).await.unwrap(),
             valkey: CounterStore::connect(&valkey_url, keys, Retention::default()).await.unwrap(),
-            admin: vec![
-                kafka_writer_admin,
-                rabbitmq_writer_admin,
-                kafka_consumer_admin,
-                rabbitmq_consumer_admin,
-                api_admin,
-            ],
+            admin,
+            services,
             client: reqwest::Client::new(),
             shutdown,
         };
@@ -98,6 +105,10 @@ impl TestStack {
             self.admin.iter().map(|admin| format!("http://{admin}/readyz")).chain([format!("{}/readyz", self.api)]);
         for url in urls {
             let ready = eventually(Duration::from_secs(30), || async {
+                assert!(
+                    !self.services.iter().any(JoinHandle::is_finished),
+                    "a service of the stack stopped before it was ready (its panic above says why)"
+                );
                 let ready = self.client.get(&url).send().await;
                 ready.is_ok_and(|response| response.status().is_success()).then_some(())
             })
