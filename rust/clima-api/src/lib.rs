@@ -55,18 +55,20 @@ pub fn router(config: ApiConfig) -> Result<Router, ApiError> {
         config.writer_tls()?,
         config.resolved_writer_api_key()?,
     )?);
-    // What `POST /input` may cost, outermost first: a request without the
-    // key is refused before it takes a slot; beyond --max-concurrent-requests
-    // a request is shed at once with 503, so memory stays bounded under
-    // overload. (The handler applies --request-timeout itself: its answer, 408
-    // or 503, depends on whether the tweets had reached the writers.)
-    let limits = ServiceBuilder::new()
-        .layer(ValidateRequestHeaderLayer::custom(limits::RequireApiKey(config.resolved_api_key()?)))
+    // What `POST /input` may cost: beyond --max-concurrent-requests a request
+    // is shed at once with 503, so memory stays bounded under overload. (The
+    // handler applies --request-timeout itself: its answer, 408 or 503,
+    // depends on whether the tweets had reached the writers.)
+    let shedding = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(limits::overloaded))
         .load_shed()
         .concurrency_limit(config.max_concurrent_requests);
+    // The key check is a layer of its own, outside: tower readies a stack
+    // all the way down before its first layer sees the request, so inside
+    // one stack a request without the key would hold a slot while refused.
     let input = post(input::post_input)
-        .layer::<_, Infallible>(limits)
+        .layer::<_, Infallible>(shedding)
+        .layer::<_, Infallible>(ValidateRequestHeaderLayer::custom(limits::RequireApiKey(config.resolved_api_key()?)))
         .layer::<_, Infallible>(DefaultBodyLimit::max(config.max_body_bytes));
     let batcher =
         Arc::new(batcher::Batcher::start(Arc::clone(&writers), config.batch_max_tweets, config.batch_in_flight));

@@ -16,9 +16,9 @@ use crate::{Rate, payload};
 pub struct Config {
     /// Bootstrap servers.
     pub brokers: String,
-    /// librdkafka settings to reach the cluster (`--kafka-option`: SASL, TLS);
-    /// the bench's own producer and consumer settings stay, so the figure
-    /// measures the same thing everywhere.
+    /// librdkafka settings to reach the cluster (`--kafka-option`): only
+    /// those [`reaches_the_cluster`] keeps are applied, so the figure measures
+    /// the same thing everywhere.
     pub options: Vec<(String, String)>,
     /// Messages to produce, then consume.
     pub messages: u64,
@@ -28,13 +28,25 @@ pub struct Config {
     pub partitions: i32,
 }
 
+/// Whether a librdkafka setting is about reaching the cluster (security
+/// protocol, SASL, TLS) rather than about how a client produces or consumes.
+/// `CLIMA_KAFKA_OPTIONS` is the services' too, and may hold their tuning
+/// (the consumers' fetch sizes in k8s), which would change what is measured.
+pub fn reaches_the_cluster(key: &str) -> bool {
+    key == "security.protocol" || key.starts_with("sasl.") || key.starts_with("ssl.") || key.starts_with("ssl_")
+}
+
 /// Produces `messages` to a scratch topic (acks=all), then consumes them.
 pub async fn run(ceiling: Config) -> anyhow::Result<Vec<Rate>> {
     let topic = format!("clima-bench-{}", uuid::Uuid::now_v7().simple());
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &ceiling.brokers);
     for (key, value) in &ceiling.options {
-        config.set(key, value);
+        if reaches_the_cluster(key) {
+            config.set(key, value);
+        } else {
+            tracing::warn!(key, "--kafka-option ignored: the bench keeps its own producer and consumer settings");
+        }
     }
     let admin: AdminClient<DefaultClientContext> = config.create()?;
     let created = admin
@@ -106,4 +118,21 @@ pub async fn run(ceiling: Config) -> anyhow::Result<Vec<Rate>> {
     // The topic stays: tansu 0.6 deletes every topic on a DeleteTopics request
     // (seen here: the clima topics went with it).
     Ok(vec![produced, consumed])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_settings_that_reach_the_cluster_are_applied() {
+        let options = [
+            "security.protocol",
+            "sasl.mechanism",
+            "ssl.ca.location",
+            "fetch.max.bytes",
+            "queued.max.messages.kbytes",
+            "linger.ms",
+        ];
+        let applied: Vec<_> = options.into_iter().filter(|key| super::reaches_the_cluster(key)).collect();
+        assert_eq!(applied, ["security.protocol", "sasl.mechanism", "ssl.ca.location"]);
+    }
 }

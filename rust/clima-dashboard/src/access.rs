@@ -1,7 +1,7 @@
 //! Who may read the dashboard.
 
 use axum::{
-    Json, Router,
+    Json,
     body::Body,
     http::{HeaderValue, Request, StatusCode, header},
     response::{IntoResponse, Response},
@@ -20,14 +20,15 @@ pub struct Access {
 }
 
 impl Access {
-    /// `app`, answering 401 (or gRPC UNAUTHENTICATED) to requests without the key.
-    pub(crate) fn guard(&self, app: Router) -> Router {
-        app.layer(ValidateRequestHeaderLayer::custom(RequireKey(self.api_key.clone())))
+    /// The key check: 401 (or gRPC UNAUTHENTICATED) to requests without the key.
+    pub(crate) fn key_check(&self) -> ValidateRequestHeaderLayer<RequireKey> {
+        ValidateRequestHeaderLayer::custom(RequireKey(self.api_key.clone()))
     }
 }
 
+/// What [`Access::key_check`] validates.
 #[derive(Clone)]
-struct RequireKey(Option<ApiKey>);
+pub(crate) struct RequireKey(Option<ApiKey>);
 
 impl<B> ValidateRequest<B> for RequireKey {
     type ResponseBody = Body;

@@ -53,12 +53,14 @@ pub async fn serve(
         .into_axum_router();
     // HTTP/1.1 for browsers and HTTP/2 (h2c) for gRPC, on the same port; each
     // request observed (outermost) before the key is checked. A path neither
-    // router has is the fallback's, observed as an HTTP request.
+    // router has is the fallback's, observed as an HTTP request, and behind
+    // the key too: without it, which paths exist is not told.
     let grpc_layer = GrpcServerLayer::new(&[clima_proto::FILE_DESCRIPTOR_SET]).expect("clima's descriptors are valid");
-    let web = access.guard(web::router(stores.clone())).layer(HttpServerLayer);
+    let key_check = access.key_check();
+    let web = web::router(stores.clone()).layer(key_check.clone()).layer(HttpServerLayer);
     let app = web
-        .merge(access.guard(grpc).route_layer(grpc_layer))
-        .fallback_service(HttpServerLayer.layer(web::unmatched.into_service()));
+        .merge(grpc.layer(key_check.clone()).route_layer(grpc_layer))
+        .fallback_service(HttpServerLayer.layer(key_check.layer(web::unmatched.into_service())));
     tracing::info!(
         address = ?listener.local_addr().ok(),
         tls = access.tls.is_some(),
@@ -77,6 +79,7 @@ pub async fn serve(
 mod tests {
     use std::time::Duration;
 
+    use clima_http::auth::ApiKey;
     use clima_store::KeySchema;
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
@@ -85,20 +88,40 @@ mod tests {
 
     use super::{Access, StoreReader, Stores, serve};
 
+    /// A browser's `GET path` to a dashboard with `access`, and its raw answer.
+    async fn browse(access: Access, path: &str) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        // Nothing listens on port 1: the stores are unreachable.
+        let reader = || StoreReader::new("redis://127.0.0.1:1", KeySchema::new("clima-test"));
+        tokio::spawn(serve(listener, Stores::new(reader(), reader()), access, std::future::pending()));
+        let mut browser = TcpStream::connect(address).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+        browser.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        browser.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
     /// A path no route has is a 404 with a JSON body to a browser, not a
     /// gRPC answer (the gRPC router's fallback was the whole port's).
     #[tokio::test]
     async fn an_unknown_path_is_a_json_404() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let reader = || StoreReader::new("redis://127.0.0.1:1", KeySchema::new("clima-test"));
-        tokio::spawn(serve(listener, Stores::new(reader(), reader()), Access::default(), std::future::pending()));
-        let mut browser = TcpStream::connect(address).await.unwrap();
-        browser.write_all(b"GET /favicon.ico HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n").await.unwrap();
-        let mut answer = String::new();
-        browser.read_to_string(&mut answer).await.unwrap();
+        let answer = browse(Access::default(), "/favicon.ico").await;
         assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
         assert!(answer.contains(r#""error":"not_found""#), "{answer}");
+    }
+
+    /// With a key, every path but the probes asks for it, unknown ones too.
+    #[tokio::test]
+    async fn with_a_key_an_unknown_path_asks_for_it() {
+        let api_key = ApiKey::load(Some("the-key"), None).unwrap();
+        let access = Access { api_key, ..Access::default() };
+        let answer = browse(access.clone(), "/favicon.ico").await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(answer.contains(r#""error":"unauthorized""#), "{answer}");
+        let probe = browse(access, "/healthz").await;
+        assert!(probe.starts_with("HTTP/1.1 200"), "{probe}");
     }
 
     /// A browser left open on the page must not keep the dashboard from
@@ -122,6 +145,7 @@ mod tests {
 
         stop.send(()).unwrap();
         let stopped = tokio::time::timeout(Duration::from_secs(5), server).await;
-        assert!(stopped.is_ok(), "the dashboard still waited on an open watch 5 s after its shutdown");
+        let stopped = stopped.expect("the dashboard still waited on an open watch 5 s after its shutdown");
+        assert!(matches!(stopped, Ok(Ok(()))), "the dashboard did not stop cleanly: {stopped:?}");
     }
 }

@@ -8,7 +8,7 @@ use std::{
     time::Instant,
 };
 
-use axum::http::{HeaderMap, Request, Response, Uri};
+use axum::http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use prost::Message as _;
@@ -275,6 +275,24 @@ fn status_code(headers: &HeaderMap) -> Option<Code> {
     headers.get("grpc-status").map(|value| Code::from_bytes(value.as_bytes()))
 }
 
+/// The status of a call answered with HTTP `status` and no gRPC status, by
+/// gRPC's HTTP-to-gRPC mapping (tonic's, for an answer without a body);
+/// `None` for 200, whose status is still to come in the trailers.
+fn http_status_code(status: StatusCode) -> Option<Code> {
+    Some(match status {
+        StatusCode::OK => return None,
+        StatusCode::BAD_REQUEST => Code::Internal,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        StatusCode::NOT_FOUND => Code::Unimplemented,
+        StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
+        _ => Code::Unknown,
+    })
+}
+
 /// The status of a call that got no response: the `Status` in the error if
 /// there is one, `Cancelled` for the channel's timeout (as tonic's client
 /// says), else `Unavailable`. (tonic's client also reads hyper's and h2's
@@ -324,9 +342,11 @@ where
         Poll::Ready(match result {
             Ok(response) => {
                 // A call that fails at once answers with its status in the
-                // headers ("trailers-only"); any other call's status comes in
-                // the trailers at the end of the body.
-                if let Some(code) = status_code(response.headers()) {
+                // headers ("trailers-only"); an answer that is not gRPC (a
+                // proxy's 502, the dashboard's JSON 401) has its HTTP status;
+                // any other call's status comes in the trailers at the end of
+                // the body.
+                if let Some(code) = status_code(response.headers()).or_else(|| http_status_code(response.status())) {
                     call.finish(code);
                 }
                 Ok(response.map(|inner| GrpcBody { inner, call }))
@@ -353,13 +373,20 @@ impl<B: Body> Body for GrpcBody<B> {
     type Error = B::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let mut this = self.project();
+        let frame = {
+            // A streaming server's work happens as its body is polled: in the span.
+            let _entered = this.call.span.enter();
+            ready!(this.inner.as_mut().poll_frame(cx))
+        };
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     // Trailers without a status break the protocol.
                     this.call.finish(status_code(trailers).unwrap_or(Code::Unknown));
+                } else if this.inner.is_end_stream() {
+                    // hyper polls no further once a body says it has ended.
+                    this.call.finish(Code::Unknown);
                 }
             }
             // The stream broke, or ended without its status.

@@ -52,10 +52,10 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let method = request.method().clone();
+        let method = method_label(request.method());
         // Bounded label: the route template, never the raw path.
         let route = request.extensions().get::<MatchedPath>().cloned();
-        let route_name = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let route_name = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
         // Probes would flood the trace store; they still get metrics.
         let span = if matches!(route_name, "/healthz" | "/readyz") {
             Span::none()
@@ -65,7 +65,7 @@ where
                 otel.name = %format_args!("{method} {route_name}"),
                 otel.kind = "server",
                 otel.status_code = Empty,
-                http.request.method = %method,
+                http.request.method = method,
                 http.route = %route_name,
                 url.path = %request.uri().path(),
                 http.response.status_code = Empty,
@@ -73,20 +73,69 @@ where
             )
         };
         propagation::set_parent(&span, &HeaderExtractor(request.headers()));
-        let started = Instant::now();
+        let served = Served { method, route, started: Instant::now(), done: false };
         let inner = span.in_scope(|| self.inner.call(request)).instrument(span);
-        HttpResponseFuture { inner, method, route, started }
+        HttpResponseFuture { inner, served }
     }
 }
 
+/// The `route` label of a path no route matched.
+const UNMATCHED: &str = "unmatched";
+
+/// The `method` label: one of HTTP's methods, or `_OTHER` (OpenTelemetry's
+/// name) for any other token a client sends, which hyper accepts; the label
+/// stays bounded whatever clients send.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::CONNECT,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PATCH,
+    ];
+    KNOWN.iter().find(|known| *known == method).map_or("_OTHER", Method::as_str)
+}
+
+/// One request, recorded once: with its status when the response is ready,
+/// or as 499 (nginx's "client closed request") if the future is dropped
+/// before, as hyper does when the client goes away mid-request.
+struct Served {
+    method: &'static str,
+    route: Option<MatchedPath>,
+    started: Instant,
+    done: bool,
+}
+
+impl Served {
+    fn finish(&mut self, status: u16) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let route = self.route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+        events::http_request_served(self.method, route, status, self.started.elapsed());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.finish(CLIENT_CLOSED_REQUEST);
+    }
+}
+
+/// The status recorded for a request whose client left before the answer.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 pin_project! {
-    /// The response future of [`HttpServer`]: records the request when it resolves.
+    /// The response future of [`HttpServer`]: records the request when it
+    /// resolves, or when it is dropped before.
     pub struct HttpResponseFuture<F> {
         #[pin]
         inner: Instrumented<F>,
-        method: Method,
-        route: Option<MatchedPath>,
-        started: Instant,
+        served: Served,
     }
 }
 
@@ -105,8 +154,7 @@ where
         if status.is_server_error() {
             span.record("otel.status_code", "ERROR");
         }
-        let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
-        events::http_request_served(this.method.as_str(), route, status.as_u16(), this.started.elapsed());
+        this.served.finish(status.as_u16());
         Poll::Ready(result)
     }
 }

@@ -1,8 +1,14 @@
 //! The layers against real servers on loopback: what each request records.
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
-use axum::{Router, body::Body, http::StatusCode, routing::post};
+use axum::{
+    Router,
+    body::Body,
+    http::{Method, StatusCode},
+    routing::post,
+};
+use clima_http::ConnectionLimits;
 use clima_proto::v1::{PublishRequest, writer_service_client::WriterServiceClient};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use tonic::transport::{Endpoint, Server, server::TcpIncoming};
@@ -44,6 +50,12 @@ fn an_http_request_is_counted_by_its_route_template_and_status() {
             let request = axum::http::Request::post(uri).body(Body::empty()).unwrap();
             app.clone().oneshot(request).await.unwrap();
         }
+        // hyper accepts any token as a method; the route answers 405.
+        for method in ["FOO1", "FOO2"] {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let request = axum::http::Request::builder().method(method).uri("/input/1").body(Body::empty()).unwrap();
+            app.clone().oneshot(request).await.unwrap();
+        }
     });
     let requests =
         |route, status| sample(&rendered, "http_server_requests_total", &[("route", route), ("status", status)]);
@@ -52,8 +64,27 @@ fn an_http_request_is_counted_by_its_route_template_and_status() {
     // An unknown path is not a label of its own: the series stay bounded.
     assert_eq!(requests("unmatched", "404"), Some(1.0));
     assert!(!rendered.contains("/nowhere"), "{rendered}");
-    let timed = sample(&rendered, "http_server_request_duration_seconds_count", &[("route", "/input/{id}")]);
+    // Nor is a made-up method.
+    let others = sample(&rendered, "http_server_requests_total", &[("method", "_OTHER"), ("status", "405")]);
+    assert_eq!(others, Some(2.0), "{rendered}");
+    assert!(!rendered.contains("FOO"), "{rendered}");
+    let timed =
+        sample(&rendered, "http_server_request_duration_seconds_count", &[("route", "/input/{id}"), ("status", "202")]);
     assert_eq!(timed, Some(2.0));
+}
+
+/// hyper drops a request's future when its client goes away: the request
+/// still counts, as 499 (nginx's "client closed request").
+#[test]
+fn an_http_request_its_client_left_is_counted_499() {
+    let rendered = recorded(|| async {
+        let app = Router::new().route("/slow", post(std::future::pending::<StatusCode>)).layer(HttpServerLayer);
+        let request = axum::http::Request::post("/slow").body(Body::empty()).unwrap();
+        let left = tokio::time::timeout(Duration::from_millis(20), app.oneshot(request)).await;
+        assert!(left.is_err(), "the handler never answers");
+    });
+    let left = sample(&rendered, "http_server_requests_total", &[("route", "/slow"), ("status", "499")]);
+    assert_eq!(left, Some(1.0), "{rendered}");
 }
 
 #[test]
@@ -110,4 +141,40 @@ fn a_grpc_call_to_nobody_is_counted_unavailable() {
     });
     let calls = sample(&rendered, "grpc_client_requests_total", &[("method", "Check"), ("code", "Unavailable")]);
     assert_eq!(calls, Some(1.0), "{rendered}");
+}
+
+/// A gRPC path answered with plain HTTP (what the dashboard's key check
+/// answers a browser, or a proxy in front of a writer): both sides count it
+/// by gRPC's HTTP-to-gRPC mapping, not as a call cut short.
+#[test]
+fn a_grpc_call_answered_without_grpc_is_counted_by_its_http_status() {
+    let mut seen = None;
+    let rendered = recorded(|| async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = format!("http://{}", listener.local_addr().unwrap());
+        let app = Router::new()
+            // A proxy's bare refusal.
+            .route("/grpc.health.v1.Health/Check", post(|| async { StatusCode::UNAUTHORIZED }))
+            // The dashboard's refusal to a browser.
+            .route("/grpc.health.v1.Health/Watch", post(|| async { (StatusCode::UNAUTHORIZED, r#"{"error":"x"}"#) }))
+            .route_layer(GrpcServerLayer::new(&[]).unwrap());
+        tokio::spawn(clima_http::serve(listener, app, ConnectionLimits::default(), std::future::pending()));
+
+        let channel =
+            GrpcClientLayer::new(&target).layer(Endpoint::from_shared(target.clone()).unwrap().connect_lazy());
+        let mut health = HealthClient::new(channel);
+        seen = Some(health.check(HealthCheckRequest::default()).await.unwrap_err().code());
+        // tonic reads the JSON as a gRPC message and fails to (Internal).
+        let _ = health.watch(HealthCheckRequest::default()).await;
+        // The server records when hyper has sent the answer.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    });
+    assert_eq!(seen, Some(tonic::Code::Unauthenticated));
+    let calls = |side, method| {
+        let labels = [("method", method), ("code", "Unauthenticated")];
+        sample(&rendered, &format!("grpc_{side}_requests_total"), &labels)
+    };
+    assert_eq!(calls("client", "Check"), Some(1.0), "{rendered}");
+    assert_eq!(calls("server", "Check"), Some(1.0), "{rendered}");
+    assert_eq!(calls("server", "Watch"), Some(1.0), "{rendered}");
 }

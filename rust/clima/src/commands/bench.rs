@@ -42,8 +42,9 @@ struct KafkaCeilingArgs {
     /// Kafka bootstrap servers, comma separated host:port.
     #[arg(long = "kafka-brokers", env = "CLIMA_KAFKA_BROKERS", default_value = clima_broker::kafka::DEFAULT_BROKERS)]
     brokers: String,
-    /// librdkafka setting (key=value, repeatable) of the bench's clients, as
-    /// the services' --kafka-option: how they reach a SASL/TLS cluster.
+    /// librdkafka setting (key=value, repeatable) to reach a SASL/TLS cluster,
+    /// as the services' --kafka-option; only security.protocol, sasl.* and
+    /// ssl.* apply (the bench keeps its own client settings).
     #[arg(long = "kafka-option", env = "CLIMA_KAFKA_OPTIONS", hide_env_values = true, value_delimiter = ',', value_parser = kafka::parse_key_value)]
     options: Vec<(String, String)>,
     /// Messages to produce, then consume.

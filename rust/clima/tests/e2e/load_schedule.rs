@@ -38,29 +38,33 @@ async fn clima_load(args: &[&str], json: &Path) -> (Output, serde_json::Value) {
     (output, report)
 }
 
-#[tokio::test]
+// Its own threads for the slow server: on the test's one thread, 100 open
+// connections and the child's output compete on a busy machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_in_flight_cap_keeps_the_asked_rate() {
-    // 1,000 tweets/s against 100 ms answers needs ~100 requests in flight: a
-    // fixed cap of 32 would send at most 320/s.
-    let url = slow_api(Duration::from_millis(100)).await;
+    // 250 tweets/s against 400 ms answers needs ~100 requests in flight: a
+    // fixed cap of 32 would send at most 80/s. Few requests over two seconds,
+    // so a busy machine (other tests beside this one) keeps the schedule: at
+    // 1,000/s for one second, CI once saw the load tool leave 155 ms late.
+    let url = slow_api(Duration::from_millis(400)).await;
     let dir = tempfile_dir();
     let timeline = dir.join("timeline.jsonl");
-    let args = ["--url", &url, "--rate", "1000", "--count", "1000", "--report-every", "250ms"];
+    let args = ["--url", &url, "--rate", "250", "--count", "500", "--report-every", "500ms"];
     let (output, report) =
         clima_load(&[&args[..], &["--timeline", timeline.to_str().unwrap()]].concat(), &dir.join("report.json")).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(report["concurrency"], 1000, "one second's worth of requests");
+    assert_eq!(report["concurrency"], 250, "one second's worth of requests");
     assert_eq!(report["schedule"]["behind"], false, "{report}");
-    // A fixed cap of 32 would give at most 320/s; the margin is the machine's jitter.
-    assert!(report["schedule"]["sent_tweets_per_s"].as_f64().unwrap() > 900.0, "{report}");
-    assert_eq!(report["accepted"], 1000);
+    // A fixed cap of 32 would give at most 80/s; the margin is the machine's jitter.
+    assert!(report["schedule"]["sent_tweets_per_s"].as_f64().unwrap() > 225.0, "{report}");
+    assert_eq!(report["accepted"], 500);
     assert!(!stdout.contains("BEHIND SCHEDULE"), "{stdout}");
     // Every answer lands in exactly one interval of the timeline.
     let intervals: Vec<serde_json::Value> =
         std::fs::read_to_string(&timeline).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect();
     assert!(intervals.len() >= 4, "{intervals:?}");
-    assert_eq!(intervals.iter().map(|interval| interval["accepted"].as_u64().unwrap()).sum::<u64>(), 1000);
+    assert_eq!(intervals.iter().map(|interval| interval["accepted"].as_u64().unwrap()).sum::<u64>(), 500);
     assert_eq!(report["timeline"].as_array().unwrap().len(), intervals.len());
 }
 
