@@ -81,15 +81,39 @@ pub fn router(config: ApiConfig) -> Result<Router, ApiError> {
         .with_state(state))
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then lets
-/// in-flight requests finish.
+/// The API built from its config, ready to serve: building checks the
+/// writers' endpoints, TLS and key files, so a bad one fails before serving.
+pub struct Api {
+    app: Router,
+    limits: clima_http::ConnectionLimits,
+}
+
+impl Api {
+    /// The routes (see [`router`]) and the connection limits of `config`.
+    /// Must be called within a Tokio runtime.
+    pub fn new(config: ApiConfig) -> Result<Self, ApiError> {
+        let limits = config.connection_limits();
+        Ok(Self { app: router(config)?, limits })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then lets in-flight
+    /// requests finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ApiError> {
+        tracing::info!(address = ?listener.local_addr().ok(), "api listening");
+        clima_http::serve(listener, self.app, self.limits, shutdown).await.map_err(ApiError::Serve)
+    }
+}
+
+/// Builds the API from `config` and serves it on `listener` until `shutdown`
+/// resolves, then lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
     config: ApiConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ApiError> {
-    let limits = config.connection_limits();
-    let app = router(config)?;
-    tracing::info!(address = ?listener.local_addr().ok(), "api listening");
-    clima_http::serve(listener, app, limits, shutdown).await.map_err(ApiError::Serve)
+    Api::new(config)?.serve(listener, shutdown).await
 }

@@ -51,11 +51,8 @@ pub(crate) async fn build(args: ApiArgs, shutdown: CancellationToken) -> anyhow:
     )
     .await?;
     let address = listener.local_addr()?;
-    let config: clima_api::ApiConfig = args.config.into();
-    let limits = config.connection_limits();
     // Built here, so a bad --writer or key file fails the start, not the serving.
-    let app = clima_api::router(config)?;
-    tracing::info!(%address, "api listening");
-    let serving = clima_http::serve(listener, app, limits, async move { shutdown.cancelled().await });
+    let api = clima_api::Api::new(args.config.into())?;
+    let serving = api.serve(listener, async move { shutdown.cancelled().await });
     Ok(Service::new(Some(address), admin, async move { Ok(serving.await?) }))
 }

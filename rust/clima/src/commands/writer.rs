@@ -1,11 +1,8 @@
-use std::{future::Future, net::SocketAddr, pin::Pin};
+use std::net::SocketAddr;
 
 use anyhow::Context;
 use clima_telemetry::events::Broker;
-use clima_writer::{
-    ServeError,
-    sinks::{KafkaSink, RabbitMqSink},
-};
+use clima_writer::sinks::{KafkaSink, RabbitMqSink};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -88,16 +85,16 @@ pub(crate) async fn build(args: WriterArgs, shutdown: CancellationToken) -> anyh
     let admin = server.admin.listen.unwrap_or(([127, 0, 0, 1], default_admin_port).into());
     let admin = telemetry::serve_admin(admin, readiness.clone(), &shutdown).await?;
     let shutdown = async move { shutdown.cancelled().await };
-    let serving = match args.broker {
+    Ok(match args.broker {
         WriterBroker::Kafka { server, kafka, sink } => {
             let sink = KafkaSink::new(kafka.into(), sink.into())?;
-            Box::pin(clima_writer::serve_reporting(listener, sink, server.server.into(), readiness, shutdown))
-                as Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>>
+            let serving = clima_writer::serve_reporting(listener, sink, server.server.into(), readiness, shutdown);
+            Service::new(Some(address), admin, async move { Ok(serving.await?) })
         }
         WriterBroker::Rabbitmq { server, rabbitmq, sink } => {
             let sink = RabbitMqSink::new(rabbitmq.into(), sink.into());
-            Box::pin(clima_writer::serve_reporting(listener, sink, server.server.into(), readiness, shutdown))
+            let serving = clima_writer::serve_reporting(listener, sink, server.server.into(), readiness, shutdown);
+            Service::new(Some(address), admin, async move { Ok(serving.await?) })
         }
-    };
-    Ok(Service::new(Some(address), admin, async move { Ok(serving.await?) }))
+    })
 }
