@@ -55,14 +55,7 @@ async fn accept_input(state: &AppState, request: Request) -> Result<Vec<String>,
     })?;
     let decoding = Instant::now();
     api_request_stage(ApiStage::Body, decoding - started);
-    let Decoded { inputs, array } = decode(&body)?;
-    if inputs.len() > state.config.max_tweets {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "{} tweets in one request; at most {} are accepted",
-            inputs.len(),
-            state.config.max_tweets
-        )));
-    }
+    let Decoded { inputs, array } = decode(&body, state.config.max_tweets)?;
     let mut records = accept(inputs, array, idempotency_key.as_deref())?;
     let span = tracing::Span::current();
     span.record("clima.tweets", records.len());
@@ -111,18 +104,29 @@ pub(crate) struct Decoded {
     pub array: bool,
 }
 
-/// Decodes the body as one `TweetInput` object or an array of them, through
-/// the proto's JSON mapping (unknown fields are errors) with the Spanish
-/// aliases of [`naming`]. Errors name the JSON path of the offending value,
-/// e.g. `[3].country`.
-pub(crate) fn decode(body: &[u8]) -> Result<Decoded, ApiError> {
+/// Decodes the body as one `TweetInput` object or an array of at most
+/// `max_tweets` of them, through the proto's JSON mapping (unknown fields are
+/// errors) with the Spanish aliases of [`naming`]. Errors name the JSON path
+/// of the offending value, e.g. `[3].country`.
+///
+/// An array is decoded element by element and refused (413) at element
+/// `max_tweets + 1`, before the rest is read: whatever the body's shape, what
+/// a request holds in memory is bounded by `max_tweets` tweets and the body,
+/// never by how many elements the body packs (a 4 MiB `[{},{},…]` is 1.4
+/// million of them).
+pub(crate) fn decode(body: &[u8], max_tweets: usize) -> Result<Decoded, ApiError> {
     match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
         Some(b'[') => {
-            let named: Vec<NamedInput> = decode_json(body)?;
-            if named.is_empty() {
+            let refused = std::cell::RefCell::new(None);
+            let inputs = decode_json_seed(body, BoundedArray { max_tweets, refused: &refused });
+            if let Some(error) = refused.into_inner() {
+                return Err(error);
+            }
+            let inputs = inputs?;
+            if inputs.is_empty() {
                 return Err(ApiError::BadRequest("the array holds no tweets".into()));
             }
-            Ok(Decoded { inputs: one_naming(named)?, array: true })
+            Ok(Decoded { inputs, array: true })
         }
         Some(b'{') => Ok(Decoded { inputs: vec![decode_json::<NamedInput>(body)?.input], array: false }),
         Some(_) => Err(ApiError::InvalidJson {
@@ -133,36 +137,72 @@ pub(crate) fn decode(body: &[u8]) -> Result<Decoded, ApiError> {
     }
 }
 
-/// The inputs of an array whose objects all use the naming of the first one
-/// that named a field.
-fn one_naming(named: Vec<NamedInput>) -> Result<Vec<TweetInput>, ApiError> {
-    let mut first: Option<(Naming, String)> = None;
-    let mut inputs = Vec::with_capacity(named.len());
-    for (index, NamedInput { input, naming }) in named.into_iter().enumerate() {
-        match (&first, naming) {
-            (Some((expected, first_key)), Some((naming, key))) if *expected != naming => {
-                return Err(ApiError::InvalidJson {
-                    message: naming::mixed_naming_message(&key, (*expected, first_key)),
-                    field: Some(format!("[{index}].{key}")),
-                });
-            }
-            (None, naming @ Some(_)) => first = naming,
-            _ => {}
-        }
-        inputs.push(input);
+/// An array of tweet objects, decoded one element at a time: at most
+/// `max_tweets` of them, all of one naming (that of the first object that
+/// named a field). A refusal that is not a JSON error goes to `refused`.
+struct BoundedArray<'a> {
+    max_tweets: usize,
+    refused: &'a std::cell::RefCell<Option<ApiError>>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for BoundedArray<'_> {
+    type Value = Vec<TweetInput>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
     }
-    Ok(inputs)
+}
+
+impl<'de> serde::de::Visitor<'de> for BoundedArray<'_> {
+    type Value = Vec<TweetInput>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("an array of tweet objects")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut elements: A) -> Result<Self::Value, A::Error> {
+        let mut first: Option<(Naming, String)> = None;
+        // Sized by what the body says, never beyond the cap.
+        let mut inputs = Vec::with_capacity(elements.size_hint().unwrap_or(0).min(self.max_tweets));
+        while let Some(NamedInput { input, naming }) = elements.next_element::<NamedInput>()? {
+            let index = inputs.len();
+            if index == self.max_tweets {
+                *self.refused.borrow_mut() = Some(ApiError::PayloadTooLarge(format!(
+                    "more than {} tweets in one request; at most {} are accepted",
+                    self.max_tweets, self.max_tweets
+                )));
+                return Err(serde::de::Error::custom("too many tweets"));
+            }
+            match (&first, naming) {
+                (Some((expected, first_key)), Some((naming, key))) if *expected != naming => {
+                    *self.refused.borrow_mut() = Some(ApiError::InvalidJson {
+                        message: naming::mixed_naming_message(&key, (*expected, first_key)),
+                        field: Some(format!("[{index}].{key}")),
+                    });
+                    return Err(serde::de::Error::custom("mixed namings"));
+                }
+                (None, naming @ Some(_)) => first = naming,
+                _ => {}
+            }
+            inputs.push(input);
+        }
+        Ok(inputs)
+    }
 }
 
 fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    decode_json_seed(body, std::marker::PhantomData::<T>)
+}
+
+/// Decodes `body` with `seed`; a JSON error names the path of the offending value.
+fn decode_json_seed<'de, S: serde::de::DeserializeSeed<'de>>(body: &'de [u8], seed: S) -> Result<S::Value, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        ApiError::InvalidJson {
-            field: (path != "." && path != "?").then_some(path),
-            message: error.into_inner().to_string(),
-        }
-    })?;
+    let mut track = serde_path_to_error::Track::new();
+    let value =
+        seed.deserialize(serde_path_to_error::Deserializer::new(&mut deserializer, &mut track)).map_err(|error| {
+            let path = track.path().to_string();
+            ApiError::InvalidJson { field: (path != "." && path != "?").then_some(path), message: error.to_string() }
+        })?;
     // Trailing data after the JSON value is an error too.
     deserializer.end().map_err(|error| ApiError::InvalidJson { field: None, message: error.to_string() })?;
     Ok(value)

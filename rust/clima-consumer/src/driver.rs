@@ -11,7 +11,7 @@ use tracing::Span;
 
 use crate::{
     AckTiming, BatchConfig, ConsumerError, retry_until_ok,
-    source::{Content, Message, Source, Tally},
+    source::{Content, Message, Source, Tallied, Tally},
 };
 
 /// One batch as received: what to count, dead-letter and acknowledge.
@@ -128,12 +128,24 @@ async fn settle<S: Source, T: Tally<S::Position>>(
     if ack == AckTiming::BeforeStore {
         source.ack(&batch.acks, ack).await?;
     }
-    if !batch.positions.is_empty()
-        && !count_until_stored::<S, T>(tally, &batch.records, &batch.positions, &batch.spans, shutdown, health).await
-    {
-        // Uncounted: unacknowledged, the broker delivers it again (acknowledged
-        // before the store, it is lost: what that design gives up).
-        return Ok(false);
+    if !batch.positions.is_empty() {
+        match count_until_stored::<S, T>(tally, &batch.records, &batch.positions, &batch.spans, shutdown, health).await
+        {
+            // Uncounted: unacknowledged, the broker delivers it again (acknowledged
+            // before the store, it is lost: what that design gives up).
+            None => return Ok(false),
+            Some(Tallied::Moved) => {
+                events::store_moved(S::BROKER, tally.store());
+                tracing::warn!(
+                    source = S::BROKER.as_str(),
+                    "the store's positions moved (restored, emptied, or counted by another consumer); reading again \
+                     from the store's positions"
+                );
+                source.store_moved();
+                return Ok(true);
+            }
+            Some(Tallied::Counted(_)) => {}
+        }
     }
     // Told after every batch, even one with nothing to count: Kafka seeks past
     // a run of messages counted before from there.
@@ -151,8 +163,8 @@ async fn settle<S: Source, T: Tally<S::Position>>(
 }
 
 /// Counts a batch, retrying the store until it succeeds: a batch is never
-/// skipped. Gives up only on shutdown, leaving the batch unacknowledged so the
-/// broker redelivers it to the next consumer.
+/// skipped. Gives up only on shutdown (`None`), leaving the batch
+/// unacknowledged so the broker redelivers it to the next consumer.
 ///
 /// The batch is one round trip, but each tweet gets its own store span (a
 /// child of its process span, all covering the same round trip) so that the
@@ -164,7 +176,7 @@ async fn count_until_stored<S: Source, T: Tally<S::Position>>(
     process_spans: &[Span],
     shutdown: &CancellationToken,
     health: &Readiness,
-) -> bool {
+) -> Option<Tallied> {
     let store = tally.store();
     let system = store.as_str();
     let _store_spans: Vec<Span> = process_spans
@@ -191,10 +203,12 @@ async fn count_until_stored<S: Source, T: Tally<S::Position>>(
         health.set(counted.is_ok());
         counted
     };
-    let Some(new) = retry_until_ok("store write", shutdown, count).await else { return false };
-    events::batch_counted(S::BROKER, store, new, records.len() as u64 - new, started.elapsed());
-    tracing::debug!(records = records.len(), new, "batch counted");
-    true
+    let tallied = retry_until_ok("store write", shutdown, count).await?;
+    if let Tallied::Counted(new) = tallied {
+        events::batch_counted(S::BROKER, store, new, records.len() as u64 - new, started.elapsed());
+        tracing::debug!(records = records.len(), new, "batch counted");
+    }
+    Some(tallied)
 }
 
 #[cfg(test)]

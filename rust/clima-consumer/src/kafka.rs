@@ -1,28 +1,36 @@
 //! Kafka → store: a consumer group; offsets are committed after the store counted the batch
 //! (before it with `--ack before-store`).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use clima_broker::kafka::{KafkaConfig, trace_headers};
 use clima_proto::v1::TweetRecord;
-use clima_store::{CounterStore, LogPosition};
+use clima_store::{CounterStore, LogCount, LogPosition};
 use clima_telemetry::{
     events::{self, Broker, Store},
-    readiness::Readiness,
+    readiness::{Condition, Readiness},
 };
 use clima_tweet::envelope;
 use rdkafka::{
     ClientContext, Message as _, Offset, Statistics, TopicPartitionList,
-    consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer},
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     message::{BorrowedMessage, Header, Headers, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     AckTiming, BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, dead_letter_reason, process_spans,
     retry_until_ok,
-    source::{Content, Message, Source, Tally},
+    source::{Content, Message, Source, Tallied, Tally},
 };
 
 /// librdkafka settings of the consumer that `--kafka-option` may override.
@@ -33,7 +41,11 @@ use crate::{
 /// 70 ms (issue 15) for at most 20 fetches a second per broker at idle. An earlier
 /// trial with 20 or 100 ms starved tansu's consumer groups; that was on the
 /// unindexed database (ci/infra-up), and the 30-minute soak held at 50 ms.
-pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[("fetch.wait.max.ms", "50")];
+///
+/// `topic.metadata.refresh.interval.ms`: librdkafka's 5 minutes is how long a
+/// consumer could take to see a deleted topic created again, and read it.
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] =
+    &[("fetch.wait.max.ms", "50"), ("topic.metadata.refresh.interval.ms", "10000")];
 
 /// Default of `--kafka-group`.
 pub const DEFAULT_GROUP: &str = "clima-consumer";
@@ -51,10 +63,26 @@ impl Default for KafkaSourceConfig {
     }
 }
 
-/// Publishes librdkafka's per-partition consumer lag as a gauge.
-struct LagReporter;
+/// How long a consumer may receive nothing before it checks whether its
+/// partitions hold messages past its position (a stall).
+const STALL_CHECK_AFTER: Duration = Duration::from_secs(15);
 
-impl ClientContext for LagReporter {
+/// How often the consumer compares its partitions' ends with its positions
+/// (a recreated topic ends below them).
+const WATERMARK_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// The consumer's librdkafka callbacks: per-partition lag as a gauge, and
+/// every partition assignment noted, so that the consumer positions the new
+/// partitions where the store says (never where the group's offsets say).
+struct KafkaContext {
+    /// Bumped on every assignment.
+    assignments: Arc<AtomicU64>,
+    /// Wakes a consumer waiting for messages: an assignment positioned where
+    /// the group says may never deliver one (at the end of a partition).
+    assigned: Arc<Notify>,
+}
+
+impl ClientContext for KafkaContext {
     fn stats(&self, statistics: Statistics) {
         for topic in statistics.topics.values() {
             for (partition, stats) in &topic.partitions {
@@ -67,14 +95,41 @@ impl ClientContext for LagReporter {
     }
 }
 
-impl ConsumerContext for LagReporter {}
+impl ConsumerContext for KafkaContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                let partitions: Vec<i32> = partitions.elements().iter().map(|element| element.partition()).collect();
+                tracing::info!(?partitions, "partitions assigned; reading them from the store's positions");
+                self.assignments.fetch_add(1, Ordering::AcqRel);
+                self.assigned.notify_one();
+            }
+            Rebalance::Revoke(partitions) => {
+                let partitions: Vec<i32> = partitions.elements().iter().map(|element| element.partition()).collect();
+                tracing::info!(?partitions, "partitions revoked");
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
+    }
+}
 
-type TweetConsumer = StreamConsumer<LagReporter>;
+type TweetConsumer = StreamConsumer<KafkaContext>;
 
 /// Each partition's next offset not counted yet, as last read from or
 /// written to the store. Only a shortcut: the store's script is what skips
 /// a message that was counted, even when this is stale.
 type Counted = BTreeMap<i32, i64>;
+
+/// A partition positioned on the message just below the store's next
+/// offset, to check that the log there is the one the store counted.
+#[derive(Debug)]
+struct Verification {
+    /// The store's next offset.
+    next: i64,
+    /// The binary id of that message's first tweet, as the store kept it
+    /// (empty: nothing to compare).
+    last_id: Vec<u8>,
+}
 
 /// A message that is not a valid clima record, on its way to the dead-letter topic.
 pub struct Rejected {
@@ -85,20 +140,45 @@ pub struct Rejected {
 }
 
 /// A consumer group member on the tweets topic, with a producer for its
-/// dead-letter topic.
+/// dead-letter topic. The store, not the group, says where each partition is
+/// read from: on every assignment, and whenever the store or the log moved.
 pub struct KafkaSource {
     consumer: TweetConsumer,
     topic: String,
+    store: CounterStore,
     dead_letter_producer: FutureProducer,
     dead_letter_topic: String,
+    /// The last offsets committed (async after the store): committed again,
+    /// synchronously, when the consumer stops.
+    last_commit: Option<TopicPartitionList>,
+    /// Assignments seen by the context, and the last one positioned from the store.
+    assignments: Arc<AtomicU64>,
+    assigned: Arc<Notify>,
+    aligned: u64,
+    /// When [`KafkaSource::check_log_ends`] last ran.
+    last_end_check: Instant,
+    reading: Reading,
+}
+
+/// Where the consumer reads each partition, against what the store counted.
+struct Reading {
     counted: Counted,
     /// Partitions whose messages in the batch being read were below the
     /// store's next offset: after the batch the consumer seeks there instead
     /// of reading what was counted already.
     behind: BTreeMap<i32, i64>,
-    /// The last offsets committed (async after the store): committed again,
-    /// synchronously, when the consumer stops.
-    last_commit: Option<TopicPartitionList>,
+    /// The store moved or the log went back: read again from the store's positions.
+    needs_realign: bool,
+    /// Partitions positioned just below the store's next offset, not yet checked.
+    verifying: BTreeMap<i32, Verification>,
+    /// Partitions whose log is not the one the store counted: their stored
+    /// next offset, to drop before reading them from their start.
+    replaced: BTreeMap<i32, i64>,
+    /// The offset last received of each partition since it was positioned.
+    last_read: BTreeMap<i32, i64>,
+    /// Whether the last stall check found messages the consumer did not receive.
+    stalled: bool,
+    health: Readiness,
 }
 
 /// The store, counting the messages of one topic (keyed by partition and offset).
@@ -116,8 +196,14 @@ impl Tally<LogPosition> for TopicTally<'_> {
         self.store.system()
     }
 
-    async fn count(&self, records: &[TweetRecord], positions: &[LogPosition]) -> Result<u64, Self::Error> {
-        self.store.count_log_batch(self.topic, records, positions).await
+    async fn count(&self, records: &[TweetRecord], positions: &[LogPosition]) -> Result<Tallied, Self::Error> {
+        Ok(match self.store.count_log_batch(self.topic, records, positions).await? {
+            LogCount::Counted(new) => Tallied::Counted(new),
+            LogCount::Moved(stored) => {
+                tracing::info!(?stored, "the store's next offsets are not the ones this batch was read from");
+                Tallied::Moved
+            }
+        })
     }
 }
 
@@ -131,19 +217,22 @@ pub async fn run(
     shutdown: CancellationToken,
     health: &Readiness,
 ) -> Result<(), ConsumerError> {
-    let Some(mut source) = KafkaSource::connect(broker, source, store, &shutdown).await? else { return Ok(()) };
+    let Some(mut source) = KafkaSource::connect(broker, source, store, &shutdown, health).await? else {
+        return Ok(());
+    };
     crate::driver::run(&mut source, &TopicTally { store, topic: &broker.topic }, batching, &shutdown, health).await;
     Ok(())
 }
 
 impl KafkaSource {
-    /// Creates the topics, joins the group and reads from the store where
-    /// counting left off; `None` if `shutdown` came first.
+    /// Creates the topics and joins the group; `None` if `shutdown` came
+    /// first. Each assignment is then read from the store's positions.
     pub async fn connect(
         broker: &KafkaConfig,
         source: &KafkaSourceConfig,
         store: &CounterStore,
         shutdown: &CancellationToken,
+        health: &Readiness,
     ) -> Result<Option<Self>, ConsumerError> {
         let admin = broker.admin()?;
         let dead_letters = KafkaConfig { topic: broker.dead_letter_topic(), ..broker.clone() };
@@ -156,6 +245,8 @@ impl KafkaSource {
         }
         let dead_letter_producer: FutureProducer =
             broker.client_config().set("acks", "all").set("enable.idempotence", "true").create()?;
+        let assignments = Arc::new(AtomicU64::new(0));
+        let assigned = Arc::new(Notify::new());
         let consumer: TweetConsumer = broker
             .client_config_with_defaults(CONSUMER_DEFAULTS)
             .set("group.id", &source.group)
@@ -165,26 +256,30 @@ impl KafkaSource {
             // tansu's group coordinator (sqlite) missed heartbeats under load and
             // rebalanced over and over after a consumer restart (ci/faults).
             .set("statistics.interval.ms", "5000")
-            .create_with_context(LagReporter)?;
+            .create_with_context(KafkaContext { assignments: assignments.clone(), assigned: assigned.clone() })?;
         consumer.subscribe(&[&broker.topic])?;
-        let committed = committed_offsets(&consumer, &broker.topic);
-        let positions = || async {
-            store.adopt_log_positions(&broker.topic, &committed).await?;
-            store.log_positions(&broker.topic).await
-        };
-        let Some(mut counted) = retry_until_ok("reading the counted offsets", shutdown, positions).await else {
-            return Ok(None);
-        };
-        forget_offsets_beyond_the_log(&consumer, &broker.topic, store, &mut counted).await;
-        tracing::info!(topic = %broker.topic, group = %source.group, ?counted, "kafka consumer started");
+        tracing::info!(topic = %broker.topic, group = %source.group, "kafka consumer started");
         Ok(Some(Self {
             consumer,
             topic: broker.topic.clone(),
+            store: store.clone(),
             dead_letter_producer,
             dead_letter_topic: dead_letters.topic,
-            counted,
-            behind: BTreeMap::new(),
             last_commit: None,
+            assignments,
+            assigned,
+            aligned: 0,
+            last_end_check: Instant::now(),
+            reading: Reading {
+                counted: Counted::new(),
+                behind: BTreeMap::new(),
+                needs_realign: false,
+                verifying: BTreeMap::new(),
+                replaced: BTreeMap::new(),
+                last_read: BTreeMap::new(),
+                stalled: false,
+                health: health.clone(),
+            },
         }))
     }
 
@@ -205,17 +300,60 @@ impl Source for KafkaSource {
     type Original = Rejected;
 
     /// Errors that `recv` reports (all brokers down, a broker restarting, a
-    /// rebalance) are transient: librdkafka reconnects by itself, so they are
-    /// logged and waited out, never returned.
+    /// rebalance, a deleted topic) are transient: librdkafka reconnects by
+    /// itself, so they are logged and waited out, never returned.
+    ///
+    /// Cancel-safe: a message is dropped only where the partition is then
+    /// positioned again from the store.
     async fn next(&mut self) -> Result<Message<Self>, ConsumerError> {
         loop {
-            match self.consumer.recv().await {
-                Ok(message) => return Ok(classify(&self.counted, &mut self.behind, &message)),
-                Err(error) => {
-                    tracing::warn!(%error, "kafka consumer error; waiting for the broker");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let assignments = self.assignments.load(Ordering::Acquire);
+            if assignments != self.aligned || self.reading.needs_realign {
+                match self.realign().await {
+                    Ok(()) => {
+                        (self.aligned, self.reading.needs_realign) = (assignments, false);
+                        self.reading.health.set(true);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not read the store's positions; retrying");
+                        self.reading.health.set(false);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                 }
             }
+            if self.last_end_check.elapsed() >= WATERMARK_CHECK_EVERY {
+                self.last_end_check = Instant::now();
+                self.check_log_ends();
+                if self.reading.needs_realign {
+                    continue;
+                }
+            }
+            let received = tokio::select! {
+                received = tokio::time::timeout(STALL_CHECK_AFTER, self.consumer.recv()) => received,
+                () = self.assigned.notified() => continue,
+            };
+            let message = match received {
+                Err(_idle) => {
+                    self.check_stalled();
+                    continue;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "kafka consumer error; waiting for the broker");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Ok(Ok(message)) => message,
+            };
+            if self.assignments.load(Ordering::Acquire) != self.aligned {
+                // Fetched from where the group said: read again from the store's positions.
+                continue;
+            }
+            self.reading.moving();
+            if !self.reading.in_sequence(&message) {
+                continue;
+            }
+            return Ok(classify(&self.reading.counted, &mut self.reading.behind, &message));
         }
     }
 
@@ -232,7 +370,7 @@ impl Source for KafkaSource {
             if let Some(key) = &original.key {
                 record = record.key(key);
             }
-            let sent = self.dead_letter_producer.send(record, std::time::Duration::from_secs(10)).await;
+            let sent = self.dead_letter_producer.send(record, Duration::from_secs(10)).await;
             sent.map(drop).map_err(|(error, _)| error)
         };
         let never = CancellationToken::new();
@@ -258,9 +396,13 @@ impl Source for KafkaSource {
         Ok(())
     }
 
+    fn store_moved(&mut self) {
+        self.reading.needs_realign = true;
+    }
+
     fn counted(&mut self, positions: &[LogPosition]) {
         for position in positions {
-            let next = self.counted.entry(position.partition).or_default();
+            let next = self.reading.counted.entry(position.partition).or_default();
             *next = (*next).max(position.offset + 1);
         }
         self.skip_counted(positions);
@@ -299,8 +441,12 @@ fn classify(counted: &Counted, behind: &mut BTreeMap<i32, i64>, message: &Borrow
                 }
                 None => process_spans(Broker::Kafka, message.topic(), &records, &std::collections::HashMap::new()),
             };
-            let position =
-                LogPosition { partition: message.partition(), offset: message.offset(), records: records.len() };
+            let position = LogPosition {
+                partition: message.partition(),
+                offset: message.offset(),
+                stored_next: counted.get(&message.partition()).copied(),
+                records: records.len(),
+            };
             Content::Tweets { records, spans, position }
         }
         Err(error) => Content::Rejected {
@@ -317,65 +463,6 @@ fn classify(counted: &Counted, behind: &mut BTreeMap<i32, i64>, message: &Borrow
         },
     };
     Message { ack, content }
-}
-
-/// The group's committed offset of every partition of `topic` that has one.
-/// Empty if the broker cannot say (then only offsets written by the count
-/// script are known, which is the case for every store clima counted from
-/// the start).
-fn committed_offsets(consumer: &TweetConsumer, topic: &str) -> Counted {
-    let timeout = std::time::Duration::from_secs(10);
-    let Ok(metadata) = consumer.fetch_metadata(Some(topic), timeout) else { return Counted::new() };
-    let mut partitions = TopicPartitionList::new();
-    for partition in metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions()) {
-        partitions.add_partition(topic, partition.id());
-    }
-    let Ok(committed) = consumer.committed_offsets(partitions, timeout) else { return Counted::new() };
-    committed
-        .elements()
-        .iter()
-        .filter_map(|element| match element.offset() {
-            Offset::Offset(offset) => Some((element.partition(), offset)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// A stored next offset above a partition's end means the topic was deleted
-/// and created again (offsets start over): the old offsets would skip the new
-/// messages, so they are dropped, and the dedupe markers alone guard that
-/// partition until it is counted again.
-async fn forget_offsets_beyond_the_log(
-    consumer: &TweetConsumer,
-    topic: &str,
-    store: &CounterStore,
-    counted: &mut Counted,
-) {
-    let timeout = std::time::Duration::from_secs(10);
-    let mut stale = Vec::new();
-    for (&partition, &next) in counted.iter() {
-        if let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, timeout)
-            && next > high
-        {
-            tracing::warn!(
-                partition,
-                next,
-                end = high,
-                "stored offset is past the partition's end: the topic was recreated"
-            );
-            stale.push(partition);
-        }
-    }
-    if stale.is_empty() {
-        return;
-    }
-    if let Err(error) = store.forget_log_positions(topic, &stale).await {
-        tracing::warn!(%error, "could not drop the recreated topic's offsets");
-        return;
-    }
-    for partition in stale {
-        counted.remove(&partition);
-    }
 }
 
 /// The tweets of a Kafka message, decoded by its content-type header.
@@ -395,17 +482,225 @@ impl KafkaSource {
     /// messages were new) to the store's next offset, so what was counted already
     /// is not fetched again. A failed seek costs only reading.
     fn skip_counted(&mut self, positions: &[LogPosition]) {
-        for (partition, behind) in std::mem::take(&mut self.behind) {
+        for (partition, behind) in std::mem::take(&mut self.reading.behind) {
             if positions.iter().any(|position| position.partition == partition) {
                 continue;
             }
-            let next = self.counted.get(&partition).map_or(behind, |&counted| counted.max(behind));
+            let next = self.reading.counted.get(&partition).map_or(behind, |&counted| counted.max(behind));
             tracing::info!(partition, next, "skipping messages the store counted already");
-            let seek =
-                self.consumer.seek(&self.topic, partition, Offset::Offset(next), std::time::Duration::from_secs(1));
-            if let Err(error) = seek {
-                tracing::debug!(%error, partition, "seek failed; counted messages are read and skipped instead");
+            let seek = self.consumer.seek(&self.topic, partition, Offset::Offset(next), Duration::from_secs(1));
+            match seek {
+                Ok(()) => {
+                    self.reading.last_read.remove(&partition);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, partition, "seek failed; counted messages are read and skipped instead");
+                }
             }
         }
     }
+
+    /// Positions every assigned partition from the store: just below its
+    /// next offset, to check the log there is the one the store counted (see
+    /// [`Self::in_sequence`]), or at the log's start where the store has none.
+    /// Drops first the positions of partitions whose log was replaced.
+    async fn realign(&mut self) -> Result<(), ConsumerError> {
+        for (&partition, &next) in &self.reading.replaced {
+            if self.store.forget_log_position(&self.topic, partition, next).await.map_err(store_error)? {
+                tracing::warn!(partition, next, "dropped the store's position of a replaced log");
+            }
+        }
+        self.reading.replaced.clear();
+        let mut positions = self.store.log_positions(&self.topic).await.map_err(store_error)?;
+        let last_ids = self.store.log_last_ids(&self.topic).await.map_err(store_error)?;
+        let assigned: Vec<i32> =
+            self.consumer.assignment()?.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+        let mut start = TopicPartitionList::new();
+        self.reading.verifying.clear();
+        for partition in assigned {
+            if let Some(&next) = positions.get(&partition)
+                && let Some((_, end)) = self.watermarks(partition)
+                && next > end
+            {
+                // The store counted offsets this log never had: it is a new log.
+                log_replaced(partition, next, end);
+                if self.store.forget_log_position(&self.topic, partition, next).await.map_err(store_error)? {
+                    positions.remove(&partition);
+                }
+            }
+            match positions.get(&partition) {
+                Some(&next) if next > 0 => {
+                    start.add_partition_offset(&self.topic, partition, Offset::Offset(next - 1))?;
+                    let last_id = last_ids.get(&partition).cloned().unwrap_or_default();
+                    self.reading.verifying.insert(partition, Verification { next, last_id });
+                }
+                _ => start.add_partition_offset(&self.topic, partition, Offset::Beginning)?,
+            }
+        }
+        self.consumer.assign(&start)?;
+        let assigned: Vec<i32> = start.elements().iter().map(|element| element.partition()).collect();
+        tracing::info!(?assigned, ?positions, "reading from the store's next offsets");
+        self.reading.counted = positions;
+        self.reading.last_read.clear();
+        self.reading.behind.clear();
+        Ok(())
+    }
+
+    /// The partition's first and next offsets, if the broker says (it blocks
+    /// up to a second: a local round trip, once per partition and check).
+    fn watermarks(&self, partition: i32) -> Option<(i64, i64)> {
+        self.consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(1)).ok()
+    }
+
+    /// Every [`WATERMARK_CHECK_EVERY`]: a partition whose end is below the
+    /// consumer's position had its log replaced (the topic was deleted and
+    /// created again); the broker may answer a fetch there with nothing at
+    /// all, for ever. Read again from the store, which finds the new log.
+    fn check_log_ends(&mut self) {
+        let Ok(assignment) = self.consumer.assignment() else { return };
+        for element in assignment.elements_for_topic(&self.topic) {
+            let partition = element.partition();
+            let position = self.reading.position(partition);
+            if let Some((_, end)) = self.watermarks(partition)
+                && end < position
+            {
+                log_replaced(partition, position, end);
+                self.reading.needs_realign = true;
+            }
+        }
+    }
+
+    /// Called after [`STALL_CHECK_AFTER`] without a message: if an assigned
+    /// partition holds messages past the consumer's position, the consumer is
+    /// stalled. It says so, is not ready, and positions itself again from the
+    /// store, until messages come.
+    fn check_stalled(&mut self) {
+        let Ok(assignment) = self.consumer.assignment() else { return };
+        let mut waiting = Vec::new();
+        for element in assignment.elements_for_topic(&self.topic) {
+            let partition = element.partition();
+            let position = self.reading.position(partition);
+            if let Some((low, high)) = self.watermarks(partition)
+                && high > position.max(low)
+            {
+                waiting.push((partition, position, high));
+            }
+        }
+        if !waiting.is_empty() {
+            self.reading.stalled_behind(&waiting);
+        }
+    }
+}
+
+impl Reading {
+    /// The next offset the consumer reads of `partition`, as far as it knows.
+    fn position(&self, partition: i32) -> i64 {
+        match self.last_read.get(&partition) {
+            Some(&last) => last + 1,
+            None => self.counted.get(&partition).copied().unwrap_or(0),
+        }
+    }
+
+    /// Whether `message` continues its partition's log as the store counted
+    /// it. A partition just positioned by [`Self::realign`] must start with
+    /// the message the store counted last; one that goes back without a seek
+    /// of ours had its log replaced under it. Either way the message is
+    /// dropped and the partition read again from the store.
+    fn in_sequence(&mut self, message: &BorrowedMessage<'_>) -> bool {
+        let (partition, offset) = (message.partition(), message.offset());
+        if let Some(check) = self.verifying.remove(&partition) {
+            let expected = check.next - 1;
+            let same_message = offset == expected && (check.last_id.is_empty() || first_id(message) == check.last_id);
+            if offset < expected || (offset == expected && !same_message) {
+                tracing::warn!(
+                    partition,
+                    stored_next = check.next,
+                    offset,
+                    "the log is not the one the store counted (the topic was deleted and created again): counting \
+                     the new log from its start"
+                );
+                events::kafka_log_replaced(partition);
+                self.replaced.insert(partition, check.next);
+                self.needs_realign = true;
+                return false;
+            }
+            if offset > check.next {
+                let lost = offset - check.next;
+                tracing::error!(
+                    partition,
+                    from = check.next,
+                    to = offset,
+                    "{lost} offsets the store has not counted are no longer in the log (retention deleted them, or \
+                     the store was restored to before them): their tweets cannot be counted"
+                );
+                events::kafka_offsets_uncountable(partition, lost as u64);
+            }
+        } else if let Some(&last) = self.last_read.get(&partition)
+            && offset <= last
+        {
+            tracing::warn!(
+                partition,
+                offset,
+                last,
+                "the partition went back without a seek (its log was replaced or its position reset); reading it \
+                 from the store's position"
+            );
+            self.needs_realign = true;
+            return false;
+        }
+        self.last_read.insert(partition, offset);
+        true
+    }
+
+    /// Some assigned partitions hold messages past the consumer's position
+    /// (partition, position, end) and nothing came.
+    fn stalled_behind(&mut self, waiting: &[(i32, i64, i64)]) {
+        if !self.stalled {
+            tracing::error!(
+                ?waiting,
+                "receiving nothing while the topic holds messages past the consumer's position (partition, position, \
+                 end); not ready, and reading again from the store's positions"
+            );
+        }
+        self.stalled = true;
+        events::consumer_stalled(Broker::Kafka, true);
+        self.health.set_condition(Condition::Flowing, false);
+        self.needs_realign = true;
+    }
+
+    /// A message came: a stall, if there was one, is over.
+    fn moving(&mut self) {
+        if self.stalled {
+            tracing::info!("messages are coming again after a stall");
+            self.stalled = false;
+            events::consumer_stalled(Broker::Kafka, false);
+            self.health.set_condition(Condition::Flowing, true);
+        }
+    }
+}
+
+/// Says that a partition's log is not the one the store counted.
+fn log_replaced(partition: i32, position: i64, end: i64) {
+    tracing::warn!(
+        partition,
+        position,
+        end,
+        "the partition ends below the position counted or read (the topic was deleted and created again): counting \
+         the new log from its start"
+    );
+    events::kafka_log_replaced(partition);
+}
+
+/// The binary id of the first tweet of a clima message (empty if none).
+fn first_id(message: &BorrowedMessage<'_>) -> Vec<u8> {
+    let records = decode(message).unwrap_or_default();
+    records
+        .first()
+        .and_then(|record| uuid::Uuid::try_parse(&record.id).ok())
+        .map(|id| id.as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+fn store_error(error: clima_store::StoreError) -> ConsumerError {
+    ConsumerError::Store(error)
 }

@@ -79,6 +79,9 @@ pub enum ConsumerError {
     /// the original stays unacknowledged.
     #[error("rabbitmq did not take a dead letter")]
     DeadLetterRefused,
+    /// The store could not be read (positions) or refused.
+    #[error(transparent)]
+    Store(#[from] clima_store::StoreError),
 }
 
 /// The process spans of the tweets of one received message: one per traced
@@ -156,3 +159,48 @@ async fn retry_until_ok<T, E: std::fmt::Display, F: std::future::Future<Output =
 
 #[cfg(test)]
 mod tests;
+
+/// How often [`watch_store_policy`] reads the store's eviction policy.
+pub const STORE_POLICY_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// Reads the store's eviction policy now and `every` (in production
+/// [`STORE_POLICY_CHECK_EVERY`]) until `shutdown`: a store that may evict is
+/// refused (the count script refuses every batch there too), which makes the
+/// consumer not ready and logs an ERROR naming the setting, once per change.
+pub async fn watch_store_policy(
+    store: &clima_store::CounterStore,
+    health: &clima_telemetry::readiness::Readiness,
+    every: Duration,
+    shutdown: &CancellationToken,
+) {
+    use clima_telemetry::readiness::Condition;
+    let mut refused = None;
+    loop {
+        match store.check_never_evicts().await {
+            Ok(()) => {
+                if refused != Some(false) {
+                    if refused.is_some() {
+                        tracing::info!(store = store.system().as_str(), "the store no longer evicts; counting again");
+                    }
+                    refused = Some(false);
+                    clima_telemetry::events::store_refused(store.system(), false);
+                    health.set_condition(Condition::StoreKeepsData, true);
+                }
+            }
+            Err(error @ clima_store::StoreError::Evicting { .. }) => {
+                if refused != Some(true) {
+                    tracing::error!(%error, "refusing the store: counting nothing there until it is fixed");
+                    refused = Some(true);
+                    clima_telemetry::events::store_refused(store.system(), true);
+                    health.set_condition(Condition::StoreKeepsData, false);
+                }
+            }
+            // Unreachable: the count's own retries say so and clear readiness.
+            Err(error) => tracing::debug!(%error, "could not read the store's eviction policy"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     AckTiming, BatchConfig, ConsumerError, DEAD_LETTER_REASON_HEADER, dead_letter_reason, process_spans,
     retry_until_ok,
-    source::{Content, Message, Source, Tally},
+    source::{Content, Message, Source, Tallied, Tally},
 };
 
 /// Where invalid messages of `queue` go: the durable queue `<queue>.dead`.
@@ -110,8 +110,8 @@ impl Tally<Delivered> for CounterStore {
         CounterStore::system(self)
     }
 
-    async fn count(&self, records: &[TweetRecord], delivered: &[Delivered]) -> Result<u64, Self::Error> {
-        self.count_delivered(records, delivered).await
+    async fn count(&self, records: &[TweetRecord], delivered: &[Delivered]) -> Result<Tallied, Self::Error> {
+        Ok(Tallied::Counted(self.count_delivered(records, delivered).await?))
     }
 
     /// Acked: no redelivery can come, so the journal entries can go. Left

@@ -47,6 +47,12 @@ pub trait Source: Send {
     /// Told after the store counted a batch (Kafka skips ahead with it).
     fn counted(&mut self, _positions: &[Self::Position]) {}
 
+    /// Told when the store refused a batch because its positions are not the
+    /// ones the source read from ([`Tallied::Moved`]): the batch is dropped
+    /// unacknowledged, and the source must read again from the store's
+    /// positions (Kafka re-assigns its partitions there).
+    fn store_moved(&mut self) {}
+
     /// Reconnects after `next`, `dead_letter` or `ack` failed; false if
     /// `shutdown` came first.
     fn recover(&mut self, shutdown: &CancellationToken) -> impl Future<Output = bool> + Send;
@@ -99,13 +105,27 @@ pub trait Tally<P>: Sync {
     fn store(&self) -> Store;
 
     /// Counts `records` (the tweets of the messages at `positions`, in order);
-    /// returns how many were new. Must be idempotent: a retry after a failed
+    /// says how many were new. Must be idempotent: a retry after a failed
     /// call, or the same messages again, counts nothing twice.
-    fn count(&self, records: &[TweetRecord], positions: &[P]) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+    fn count(
+        &self,
+        records: &[TweetRecord],
+        positions: &[P],
+    ) -> impl Future<Output = Result<Tallied, Self::Error>> + Send;
 
     /// Told after the broker acknowledged counted messages: no redelivery can
     /// come, so what guarded against one may go.
     fn forget_acked(&self, _positions: &[P]) -> impl Future<Output = Result<(), Self::Error>> + Send {
         async { Ok(()) }
     }
+}
+
+/// What the store did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tallied {
+    /// Counted: this many tweets were new.
+    Counted(u64),
+    /// Nothing written: the store's positions are not the ones the source
+    /// read from (restored, emptied, or advanced by another consumer).
+    Moved,
 }

@@ -128,13 +128,27 @@ async fn kafka_to_redis_counts_once_dead_letters_poison_and_commits() {
     let reason = dead.headers().unwrap().iter().find(|h| h.key == crate::DEAD_LETTER_REASON_HEADER).unwrap();
     assert!(String::from_utf8_lossy(reason.value.unwrap()).contains("not a clima.v1.TweetBatch"));
 
-    let counts = counted(&second_store, 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let counts_later = second_store.read_counts(1).await.unwrap();
-    assert_eq!((counts.total, counts_later.total), (1, 1), "only the tweet after the commit is read again");
-    assert_eq!(counts_later.by_country["CA"], 1);
+    // The store, not the group's offsets, says where to read: an empty store
+    // counts the whole retained log (the poison message is dead-lettered again).
+    let counts = caught_up(&second_store, &broker.topic, 3).await;
+    assert_eq!(counts.total, 6, "the whole log counted into the new store: {counts:?}");
+    assert_eq!(counts.by_country["CA"], 1);
     shutdown.cancel();
     consumer.await.unwrap().unwrap();
+}
+
+/// Waits (up to two minutes) until the store's next offsets of `topic` add up
+/// to `messages` (every message of a topic whose offsets start at 0 is
+/// counted or skipped), then returns its counts. Panics if they never do.
+async fn caught_up(store: &CounterStore, topic: &str, messages: i64) -> Counts {
+    let reached = clima_testkit::eventually(Duration::from_secs(120), || async {
+        let positions = store.log_positions(topic).await.unwrap();
+        (positions.values().sum::<i64>() == messages).then_some(())
+    })
+    .await;
+    let positions = store.log_positions(topic).await.unwrap();
+    assert!(reached.is_some(), "the store's next offsets {positions:?} never added up to {messages}");
+    store.read_counts(1).await.unwrap()
 }
 
 async fn publish_raw_kafka(broker: &KafkaConfig, payload: &[u8]) {
@@ -419,37 +433,198 @@ async fn a_replay_by_a_new_group_after_the_dedupe_window_counts_nothing_twice() 
     assert_eq!(positions.values().sum::<i64>(), 2, "one message a partition-offset: {positions:?}");
 }
 
-/// A store that starts empty under a consumer group with committed offsets
-/// (counted before, by an earlier clima or into another store) takes the
-/// group's offsets over: a later replay from the start by another group
-/// counts nothing below them.
-#[tokio::test]
-async fn a_fresh_store_adopts_the_groups_committed_offsets() {
-    let broker = kafka_topic("adopt-topic");
-    let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
-    sink.publish(&tweets_with_a_duplicate()).await.unwrap();
-    let consume = |group: &str, store: &CounterStore, settle: Duration| {
-        let (broker, store, source) = (broker.clone(), store.clone(), KafkaSourceConfig { group: group.to_owned() });
-        async move {
-            let shutdown = CancellationToken::new();
-            let consumer = spawn_kafka_consumer(&broker, source, &store, &shutdown);
-            tokio::time::sleep(settle).await;
-            shutdown.cancel();
-            consumer.await.unwrap().unwrap();
-            store.read_counts(1).await.unwrap()
-        }
-    };
-    let group = unique_name("group");
-    let first = fresh_store(&redis_url()).await;
-    let counts = consume(&group, &first, Duration::from_secs(8)).await;
-    assert_counts(&counts);
+/// A store of its own, and its key prefix.
+async fn store_with_prefix(url: &str) -> (CounterStore, String) {
+    clima_testkit::test_log();
+    let prefix = unique_name("ground");
+    let store = CounterStore::connect(url, KeySchema::new(&prefix), Retention::default()).await.unwrap();
+    (store, prefix)
+}
 
-    let second = fresh_store(&redis_url()).await;
-    assert_eq!(consume(&group, &second, Duration::from_secs(5)).await.total, 0, "the group resumes at its offsets");
-    let adopted = second.log_positions(&broker.topic).await.unwrap();
-    assert!(!adopted.is_empty(), "the group's offsets were adopted");
-    let first_positions = first.log_positions(&broker.topic).await.unwrap();
-    assert_eq!(adopted, first_positions, "adopted {adopted:?}, counted {first_positions:?}");
-    let replay = consume(&unique_name("other-group"), &second, Duration::from_secs(8)).await;
-    assert_eq!(replay.total, 0, "a replay by a new group counted what the adopted offsets cover");
+/// Every key under `prefix`, as `DUMP` gives it: what a backup holds.
+async fn snapshot(url: &str, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    let mut connection = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::AsyncCommands::keys(&mut connection, format!("{prefix}:*")).await.unwrap();
+    let mut dumped = Vec::new();
+    for key in keys {
+        let value: Vec<u8> = redis::cmd("DUMP").arg(&key).query_async(&mut connection).await.unwrap();
+        dumped.push((key, value));
+    }
+    dumped
+}
+
+/// Puts `snapshot` back in place of every key under `prefix`, as restoring a
+/// backup does (an empty snapshot empties the store).
+async fn restore(url: &str, prefix: &str, snapshot: &[(String, Vec<u8>)]) {
+    let mut connection = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::AsyncCommands::keys(&mut connection, format!("{prefix}:*")).await.unwrap();
+    if !keys.is_empty() {
+        let () = redis::AsyncCommands::del(&mut connection, keys).await.unwrap();
+    }
+    for (key, value) in snapshot {
+        let () = redis::cmd("RESTORE").arg(key).arg(0).arg(value).query_async(&mut connection).await.unwrap();
+    }
+}
+
+/// Publishes `messages` messages of one tweet each, and adds them to `expected`.
+async fn publish_singles(sink: &KafkaSink, messages: usize, expected: &mut Counts) {
+    const COUNTRIES: [&str; 4] = ["GT", "MX", "CO", "PE"];
+    for n in 0..messages {
+        let country = COUNTRIES[n % COUNTRIES.len()];
+        sink.publish(&[record(country, Weather::Soleado)]).await.unwrap();
+        expected.add(country, "Soleado");
+    }
+}
+
+/// `counts` equals `expected`, per-minute counts aside.
+fn assert_exact(counts: &Counts, expected: &Counts) {
+    let none = Counts::default();
+    assert_eq!(counts.since(&none), expected.since(&none), "counted (left) against published (right)");
+}
+
+/// The store is the truth for Kafka positions: a store restored from an
+/// older snapshot, or emptied, under a running consumer (and a restore while
+/// it is stopped) is counted up again from the log, exactly.
+#[tokio::test]
+async fn a_store_restored_or_emptied_is_counted_up_again_from_the_log() {
+    let broker = kafka_topic("restore-topic");
+    let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
+    let url = redis_url();
+    let (store, prefix) = store_with_prefix(&url).await;
+    let group = KafkaSourceConfig { group: unique_name("group") };
+    let mut expected = Counts::default();
+    publish_singles(&sink, 4, &mut expected).await;
+    let shutdown = CancellationToken::new();
+    let consumer = spawn_kafka_consumer(&broker, group.clone(), &store, &shutdown);
+    assert_exact(&caught_up(&store, &broker.topic, 4).await, &expected);
+    let older = snapshot(&url, &prefix).await;
+
+    publish_singles(&sink, 3, &mut expected).await;
+    caught_up(&store, &broker.topic, 7).await;
+    restore(&url, &prefix, &older).await;
+    publish_singles(&sink, 1, &mut expected).await;
+    assert_exact(&caught_up(&store, &broker.topic, 8).await, &expected);
+
+    restore(&url, &prefix, &[]).await;
+    publish_singles(&sink, 1, &mut expected).await;
+    assert_exact(&caught_up(&store, &broker.topic, 9).await, &expected);
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+
+    // Stopped, restored, started again under the same group (whose offsets are at the end).
+    restore(&url, &prefix, &older).await;
+    let shutdown = CancellationToken::new();
+    let consumer = spawn_kafka_consumer(&broker, group, &store, &shutdown);
+    assert_exact(&caught_up(&store, &broker.topic, 9).await, &expected);
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+}
+
+/// Deletes the topic, as an operator does with any Kafka admin client, then
+/// creates it again (empty, its offsets starting over).
+async fn recreate_topic(broker: &KafkaConfig) {
+    let admin = broker.admin().unwrap();
+    let options = rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.delete_topics(&[&broker.topic], &options).await.unwrap() {
+        result.unwrap();
+    }
+    let created = clima_testkit::eventually(Duration::from_secs(30), || async {
+        broker.ensure_topic(&admin).await.ok()?;
+        Some(())
+    });
+    assert!(created.await.is_some(), "the topic was not created again");
+}
+
+/// A one-partition topic: which message lands where is then known.
+fn one_partition_topic(kind: &str) -> KafkaConfig {
+    KafkaConfig { partitions: 1, ..kafka_topic(kind) }
+}
+
+/// A topic deleted and created again under a running consumer (its offsets
+/// start over, below the store's next offset) is counted from its start: the
+/// consumer keeps serving and counts every new tweet once.
+#[tokio::test]
+async fn a_topic_recreated_under_a_running_consumer_is_counted_from_its_start() {
+    let broker = one_partition_topic("recreated-running");
+    let (store, _) = store_with_prefix(&redis_url()).await;
+    let mut expected = Counts::default();
+    let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
+    publish_singles(&sink, 3, &mut expected).await;
+    let shutdown = CancellationToken::new();
+    let consumer = spawn_kafka_consumer(&broker, KafkaSourceConfig { group: unique_name("group") }, &store, &shutdown);
+    caught_up(&store, &broker.topic, 3).await;
+
+    recreate_topic(&broker).await;
+    let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
+    publish_singles(&sink, 2, &mut expected).await;
+    assert_exact(&caught_up(&store, &broker.topic, 2).await, &expected);
+    assert!(!consumer.is_finished(), "the consumer stopped");
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+}
+
+/// A topic deleted and created again while the consumer was stopped, and
+/// grown past the old end meanwhile (its offsets alone cannot tell), is
+/// recognised by the message the store counted last, and counted from its start.
+#[tokio::test]
+async fn a_topic_recreated_while_stopped_and_grown_past_the_old_end_is_counted_from_its_start() {
+    let broker = one_partition_topic("recreated-stopped");
+    let (store, _) = store_with_prefix(&redis_url()).await;
+    let group = KafkaSourceConfig { group: unique_name("group") };
+    let mut expected = Counts::default();
+    let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
+    publish_singles(&sink, 2, &mut expected).await;
+    let shutdown = CancellationToken::new();
+    let consumer = spawn_kafka_consumer(&broker, group.clone(), &store, &shutdown);
+    caught_up(&store, &broker.topic, 2).await;
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+
+    recreate_topic(&broker).await;
+    let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
+    publish_singles(&sink, 5, &mut expected).await;
+    let shutdown = CancellationToken::new();
+    let consumer = spawn_kafka_consumer(&broker, group, &store, &shutdown);
+    assert_exact(&caught_up(&store, &broker.topic, 5).await, &expected);
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+}
+
+/// A store whose `maxmemory-policy` may evict, or is changed to one while the
+/// consumer runs, makes the consumer not ready until it is fixed.
+#[tokio::test]
+async fn a_store_that_may_evict_makes_the_consumer_not_ready_until_fixed() {
+    use clima_telemetry::readiness::Condition;
+    use clima_testkit::{ServerProcess, free_port, valkey_server_binary};
+    let port = free_port();
+    let _valkey = ServerProcess::start(
+        &valkey_server_binary(),
+        &["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--maxmemory-policy", "volatile-lru"]
+            .map(str::to_owned),
+        port,
+    );
+    let url = format!("redis://127.0.0.1:{port}");
+    let store = fresh_store(&url).await;
+    let health = Readiness::ready();
+    let shutdown = CancellationToken::new();
+    let watch = tokio::spawn({
+        let (store, health, shutdown) = (store.clone(), health.clone(), shutdown.clone());
+        async move { crate::watch_store_policy(&store, &health, Duration::from_millis(50), &shutdown).await }
+    });
+    let until = |wanted: bool| {
+        let health = health.clone();
+        clima_testkit::eventually(Duration::from_secs(10), move || {
+            let unmet = health.unmet();
+            std::future::ready((unmet.contains(&Condition::StoreKeepsData) == wanted).then_some(()))
+        })
+    };
+    assert!(until(true).await.is_some(), "ready with a store that may evict");
+    let mut admin = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let set_policy = |policy: &'static str| redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg(policy).clone();
+    let () = set_policy("noeviction").query_async(&mut admin).await.unwrap();
+    assert!(until(false).await.is_some(), "still refused after the policy was fixed");
+    let () = set_policy("allkeys-lru").query_async(&mut admin).await.unwrap();
+    assert!(until(true).await.is_some(), "a policy changed under the running consumer went unnoticed");
+    shutdown.cancel();
+    watch.await.unwrap();
 }

@@ -66,10 +66,17 @@ impl KeySchema {
         format!("{}:unacked-message:", self.prefix)
     }
     /// Hash: partition → the next offset of that Kafka topic's partition not
-    /// counted yet. Written by the same script as the counters, so a message
-    /// below it is never counted again, whatever the consumer group's offsets say.
+    /// counted yet. Written by the same script as the counters: the consumer
+    /// reads from here on every assignment, and a message below it is never
+    /// counted again, whatever the consumer group's offsets say.
     pub fn log_positions(&self, topic: &str) -> String {
         format!("{}:kafka-next-offset:{topic}", self.prefix)
+    }
+    /// Hash: partition → the binary id of the first tweet of the message just
+    /// below its next offset. Tells the log the store counted from a topic
+    /// deleted and created again under the same name, whose offsets start over.
+    pub fn log_last_ids(&self, topic: &str) -> String {
+        format!("{}:kafka-last-id:{topic}", self.prefix)
     }
     fn minute_prefix(&self) -> String {
         format!("{}:minute:", self.prefix)
@@ -120,6 +127,18 @@ pub enum StoreError {
         /// The server and version it reported.
         server: String,
     },
+    /// The store may evict keys (`maxmemory-policy` other than `noeviction`):
+    /// clima counts nothing there, as it would lose counts and dedupe markers.
+    #[error(
+        "store {url} has maxmemory-policy {policy}, so it may evict counts and dedupe markers; clima counts only into \
+         a store with noeviction (CONFIG SET maxmemory-policy noeviction, or the managed service's parameter group)"
+    )]
+    Evicting {
+        /// The store, without its password.
+        url: String,
+        /// The policy it reported.
+        policy: String,
+    },
     /// The server refused or could not be reached.
     #[error("store {url}: {source}")]
     Redis {
@@ -141,88 +160,99 @@ pub struct CounterStore {
     keys: KeySchema,
     retention: Retention,
     count_script: Script,
+    forget_position_script: Script,
 }
 
 /// Atomic, idempotent batch count. KEYS: total, country, weather,
 /// country_weather, and for records read from a Kafka topic its
-/// [`KeySchema::log_positions`] hash. ARGV: seen prefix, minute prefix, dedupe
-/// window s, minute TTL s, unacked-message prefix, its TTL s, then per broker
-/// message: partition, offset (-1: not from a log), message id (or ""), record
-/// count, and per record (16-byte binary id, country, weather, minute).
-/// Returns how many records were new.
+/// [`KeySchema::log_positions`] and [`KeySchema::log_last_ids`] hashes. ARGV:
+/// seen prefix, minute prefix, dedupe window s, minute TTL s, unacked-message
+/// prefix, its TTL s, then per broker message: partition, offset (-1: not from
+/// a log), the partition's next offset as the consumer read it (-1: none),
+/// message id (or ""), record count, and per record (16-byte binary id,
+/// country, weather, minute). Returns `{0, new records}`, or `{1, partition,
+/// stored next offset (-1: none), …}` when the store's next offsets are not
+/// the ones the consumer read from: then nothing was written.
 ///
-/// A message is skipped whole when it was counted before: from a log, when its
-/// offset is below its partition's stored next offset (a redelivery, a renamed
-/// group, a reset offset); with a message id, when that id is in the
-/// unacked-message journal (a redelivery after a crash between count and
-/// ack). Otherwise each record counts unless its id is among the dedupe
-/// markers of this generation or the last (a client's retry).
+/// Everything is decided before the first write, because Redis does not roll
+/// a script back: a command failing halfway (a counter of the wrong type, a
+/// value that is not an integer, out of memory) would leave dedupe markers set
+/// and counters unwritten, so a retry would skip those tweets for good.
 ///
-/// Redis does not roll a script back: a command that fails halfway (a
-/// counter key of the wrong type, WRONGTYPE) would leave the batch's dedupe
-/// markers set and its counters unwritten, so a retry would skip those tweets
-/// for good. Every counter key's type is therefore checked before the first
-/// write, and a wrong one fails the batch with nothing written. (When Redis is
-/// out of memory under `noeviction`, the first write fails, so nothing is
-/// written either.) The marker hashes are clima's alone and not checked.
+/// 1. The store must not evict (`maxmemory-policy` `noeviction`, read from
+///    `INFO`, which managed services allow where they block `CONFIG`): an
+///    evicting store drops counters and markers without a word.
+/// 2. A log message counts only if its partition's stored next offset is the
+///    one its consumer read from (the store was not restored, emptied or
+///    advanced by another consumer meanwhile); below it, it was counted.
+/// 3. A message with an id in the unacked-message journal was counted (a
+///    RabbitMQ redelivery after a crash between count and ack).
+/// 4. A tweet id among the dedupe markers of this generation or the last was
+///    counted (a client's retry).
+/// 5. Every counter about to be incremented is checked: right type, and an
+///    integer that cannot overflow.
 const COUNT_BATCH_LUA: &str = r#"
 local seen_prefix, minute_prefix = ARGV[1], ARGV[2]
 local window, minute_ttl = tonumber(ARGV[3]), ARGV[4]
 local unacked_prefix, unacked_ttl = ARGV[5], ARGV[6]
-local log_positions = KEYS[5]
-local expected = {{KEYS[1], 'string'}, {KEYS[2], 'hash'}, {KEYS[3], 'hash'}, {KEYS[4], 'hash'}}
-if log_positions then expected[#expected + 1] = {log_positions, 'hash'} end
--- Read-only pass: the messages to take, and the minute keys they touch.
-local messages, minutes_seen = {}, {}
+local log_positions, log_last_ids = KEYS[5], KEYS[6]
+local nothing = '; nothing of this batch was written'
+local policy = string.match(redis.call('INFO', 'memory'), 'maxmemory_policy:([%w-]+)')
+if policy ~= 'noeviction' then
+  return redis.error_reply('EVICTING maxmemory-policy is ' .. tostring(policy) ..
+    ', so the store may drop counts and dedupe markers; clima needs noeviction' .. nothing)
+end
+-- Read-only pass: the messages to take, or the partitions whose stored next
+-- offset moved away from where the consumer read.
+local messages, moved, moved_seen = {}, {1}, {}
 local i = 7
 while i <= #ARGV do
-  local partition, offset, message_id, n = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
-  local first = i + 4
+  local partition, offset, expected = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local message_id, n = ARGV[i + 3], tonumber(ARGV[i + 4])
+  local first = i + 5
   i = first + 4 * n
   local take = true
   if log_positions and offset >= 0 then
-    take = offset >= tonumber(redis.call('HGET', log_positions, partition) or -1)
+    local stored = tonumber(redis.call('HGET', log_positions, partition) or -1)
+    if stored ~= expected then
+      take = false
+      if not moved_seen[partition] then
+        moved_seen[partition] = true
+        moved[#moved + 1] = tonumber(partition)
+        moved[#moved + 1] = stored
+      end
+    else
+      take = offset >= stored
+    end
   end
   if take and message_id ~= '' then
     take = redis.call('EXISTS', unacked_prefix .. message_id) == 0
   end
   if take then
     messages[#messages + 1] = {partition, offset, message_id, first, i - 1}
-    for m = first + 3, i - 1, 4 do
-      if not minutes_seen[ARGV[m]] then
-        minutes_seen[ARGV[m]] = true
-        expected[#expected + 1] = {minute_prefix .. ARGV[m], 'string'}
-      end
-    end
   end
 end
-for _, key_type in ipairs(expected) do
-  local found = redis.call('TYPE', key_type[1])['ok']
-  if found ~= 'none' and found ~= key_type[2] then
-    return redis.error_reply('WRONGTYPE ' .. key_type[1] .. ' holds a ' .. found .. ', not a ' .. key_type[2] ..
-      '; nothing of this batch was written')
-  end
-end
+if #moved > 1 then return moved end
 -- One clock for every consumer: the server's.
 local generation = math.floor(tonumber(redis.call('TIME')[1]) / window)
 local current, previous = seen_prefix .. generation .. ':', seen_prefix .. (generation - 1) .. ':'
-local counted = 0
+local counted, new_ids, in_batch = 0, {}, {}
 -- Only the dedupe marker is per tweet; the counters of the new tweets are
 -- summed here and written once per distinct field.
-local by_country, by_weather, by_pair, by_minute, next_offsets, buckets = {}, {}, {}, {}, {}, {}
+local by_country, by_weather, by_pair, by_minute, next_offsets, last_ids = {}, {}, {}, {}, {}, {}
 for _, message in ipairs(messages) do
-  local partition, offset, message_id, first, last = message[1], message[2], message[3], message[4], message[5]
+  local partition, offset, first, last = message[1], message[2], message[4], message[5]
   if log_positions and offset >= 0 and (next_offsets[partition] or -1) < offset + 1 then
     next_offsets[partition] = offset + 1
-  end
-  if message_id ~= '' then
-    redis.call('SET', unacked_prefix .. message_id, '1', 'EX', unacked_ttl)
+    last_ids[partition] = first <= last and ARGV[first] or ''
   end
   for r = first, last, 4 do
     local id, country, weather, minute = ARGV[r], ARGV[r + 1], ARGV[r + 2], ARGV[r + 3]
     local bucket = string.format('%02x%02x', string.byte(id, 15, 16))
-    if redis.call('HEXISTS', previous .. bucket, id) == 0 and redis.call('HSETNX', current .. bucket, id, '') == 1 then
-      buckets[bucket] = true
+    if not in_batch[id] and redis.call('HEXISTS', previous .. bucket, id) == 0
+        and redis.call('HEXISTS', current .. bucket, id) == 0 then
+      in_batch[id] = true
+      new_ids[#new_ids + 1] = {bucket, id}
       counted = counted + 1
       by_country[country] = (by_country[country] or 0) + 1
       by_weather[weather] = (by_weather[weather] or 0) + 1
@@ -232,11 +262,63 @@ for _, message in ipairs(messages) do
     end
   end
 end
+-- Every key about to be written must hold what clima writes there.
+local function check_type(key, expected)
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= expected then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. expected .. nothing)
+  end
+end
+-- At most 18 digits, so that an increment cannot overflow 64 bits.
+local function check_count(key, field, value)
+  local digits = value and string.match(value, '^-?(%d+)$')
+  if value and not (digits and #digits <= 18) then
+    local where = field and (key .. ' field ' .. field) or key
+    return redis.error_reply('NOTANINTEGER ' .. where .. ' holds ' .. string.format('%q', string.sub(value, 1, 40)) ..
+      ', not a count' .. nothing)
+  end
+end
+local checks = {{KEYS[1], 'string'}, {KEYS[2], 'hash'}, {KEYS[3], 'hash'}, {KEYS[4], 'hash'}}
+if log_positions then
+  checks[#checks + 1] = {log_positions, 'hash'}
+  checks[#checks + 1] = {log_last_ids, 'hash'}
+end
+for minute in pairs(by_minute) do checks[#checks + 1] = {minute_prefix .. minute, 'string'} end
+for _, check in ipairs(checks) do
+  local refused = check_type(check[1], check[2])
+  if refused then return refused end
+end
+if counted > 0 then
+  local refused = check_count(KEYS[1], nil, redis.call('GET', KEYS[1]))
+  if refused then return refused end
+  for minute in pairs(by_minute) do
+    refused = check_count(minute_prefix .. minute, nil, redis.call('GET', minute_prefix .. minute))
+    if refused then return refused end
+  end
+  for k, fields in pairs({[2] = by_country, [3] = by_weather, [4] = by_pair}) do
+    for field in pairs(fields) do
+      refused = check_count(KEYS[k], field, redis.call('HGET', KEYS[k], field))
+      if refused then return refused end
+    end
+  end
+end
+-- Writes: nothing below can fail on a store that did not evict or fill up.
+for _, message in ipairs(messages) do
+  if message[3] ~= '' then
+    redis.call('SET', unacked_prefix .. message[3], '1', 'EX', unacked_ttl)
+  end
+end
+local buckets = {}
+for _, new in ipairs(new_ids) do
+  redis.call('HSET', current .. new[1], new[2], '')
+  buckets[new[1]] = true
+end
 for bucket in pairs(buckets) do
   redis.call('EXPIRE', current .. bucket, 2 * window + 1, 'NX')
 end
 for partition, next_offset in pairs(next_offsets) do
   redis.call('HSET', log_positions, partition, next_offset)
+  redis.call('HSET', log_last_ids, partition, last_ids[partition])
 end
 if counted > 0 then
   redis.call('INCRBY', KEYS[1], counted)
@@ -250,7 +332,18 @@ if counted > 0 then
     end
   end
 end
-return counted
+return {0, counted}
+"#;
+
+/// Drops a partition's stored next offset and last id, if the next offset is
+/// still ARGV[2] (another consumer may have counted since). KEYS: the
+/// topic's [`KeySchema::log_positions`] and [`KeySchema::log_last_ids`].
+/// ARGV: partition, expected next offset. Returns 1 if dropped.
+const FORGET_POSITION_LUA: &str = r#"
+if tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or -1) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
 "#;
 
 /// Where the records of one Kafka message sit in its topic.
@@ -260,8 +353,24 @@ pub struct LogPosition {
     pub partition: i32,
     /// The message's offset in it.
     pub offset: i64,
+    /// The partition's next offset in the store, as the consumer knew it when
+    /// it read the message (`None`: the store had none). The count refuses
+    /// the batch if the store says otherwise.
+    pub stored_next: Option<i64>,
     /// How many of the batch's records, in order, came in this message.
     pub records: usize,
+}
+
+/// What [`CounterStore::count_log_batch`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogCount {
+    /// Counted: this many records were new.
+    Counted(u64),
+    /// Nothing written: these partitions' next offsets in the store are not
+    /// the ones the consumer read from (`None`: the store has none). The store
+    /// was restored or emptied, or another consumer counted there meanwhile;
+    /// the consumer must read again from the store's offsets.
+    Moved(BTreeMap<i32, Option<i64>>),
 }
 
 /// One RabbitMQ message of a batch: its message id (if the publisher set one)
@@ -278,9 +387,13 @@ pub struct Delivered {
 struct MessageArgs<'a> {
     partition: i32,
     offset: i64,
+    stored_next: i64,
     message_id: &'a str,
     records: usize,
 }
+
+/// The policy under which a store never evicts.
+const NO_EVICTION: &str = "noeviction";
 
 impl CounterStore {
     /// Connects (once; later drops are reconnected transparently). `rediss://`
@@ -319,7 +432,33 @@ impl CounterStore {
         if version.split('.').next().and_then(|major| major.parse::<u32>().ok()).unwrap_or(0) < 7 {
             return Err(StoreError::TooOld { url: redact(url), server: format!("{} {version}", system.as_str()) });
         }
-        Ok(Self { url: redact(url), system, connection, keys, retention, count_script: Script::new(COUNT_BATCH_LUA) })
+        Ok(Self {
+            url: redact(url),
+            system,
+            connection,
+            keys,
+            retention,
+            count_script: Script::new(COUNT_BATCH_LUA),
+            forget_position_script: Script::new(FORGET_POSITION_LUA),
+        })
+    }
+
+    /// The store's `maxmemory-policy`, from `INFO memory` (managed services
+    /// allow it where they block `CONFIG GET`).
+    pub async fn eviction_policy(&self) -> Result<String, StoreError> {
+        let mut connection = self.connection.clone();
+        let info: String =
+            redis::cmd("INFO").arg("memory").query_async(&mut connection).await.map_err(|e| self.error(e))?;
+        Ok(info.lines().find_map(|line| line.strip_prefix("maxmemory_policy:")).unwrap_or("unknown").trim().to_owned())
+    }
+
+    /// Fails with [`StoreError::Evicting`] unless the store's policy is
+    /// `noeviction`, whatever `maxmemory` is now: a later `CONFIG SET
+    /// maxmemory` would start evicting at once. The count script checks the
+    /// same on every batch; this says it before there is one.
+    pub async fn check_never_evicts(&self) -> Result<(), StoreError> {
+        let policy = self.eviction_policy().await?;
+        if policy == NO_EVICTION { Ok(()) } else { Err(StoreError::Evicting { url: self.url.clone(), policy }) }
     }
 
     /// Redis or Valkey: which server this is.
@@ -335,8 +474,8 @@ impl CounterStore {
     /// Counts every record whose id was not counted before; returns how many
     /// were new. Safe to call again with the same records after an error.
     pub async fn count_batch(&self, records: &[TweetRecord]) -> Result<u64, StoreError> {
-        let whole = MessageArgs { partition: 0, offset: -1, message_id: "", records: records.len() };
-        self.count(None, records, &[whole]).await
+        let whole = MessageArgs { partition: 0, offset: -1, stored_next: -1, message_id: "", records: records.len() };
+        self.count_new(records, &[whole]).await
     }
 
     /// Counts records read from a Kafka topic, message by message
@@ -344,18 +483,32 @@ impl CounterStore {
     /// stored next offset is skipped whole, and the next offsets advance in the
     /// same atomic step as the counters. A replay from any offset, by any
     /// consumer group, counts nothing twice for as long as this store keeps
-    /// its data.
+    /// its data. If a partition's stored next offset is not the one the
+    /// consumer read from ([`LogPosition::stored_next`]), nothing is written
+    /// and [`LogCount::Moved`] says where the store is.
     pub async fn count_log_batch(
         &self,
         topic: &str,
         records: &[TweetRecord],
         positions: &[LogPosition],
-    ) -> Result<u64, StoreError> {
+    ) -> Result<LogCount, StoreError> {
         let messages: Vec<MessageArgs<'_>> = positions
             .iter()
-            .map(|p| MessageArgs { partition: p.partition, offset: p.offset, message_id: "", records: p.records })
+            .map(|p| MessageArgs {
+                partition: p.partition,
+                offset: p.offset,
+                stored_next: p.stored_next.unwrap_or(-1),
+                message_id: "",
+                records: p.records,
+            })
             .collect();
-        self.count(Some(topic), records, &messages).await
+        let reply = self.count(Some(topic), records, &messages).await?;
+        Ok(match reply.split_first() {
+            Some((1, moved)) => LogCount::Moved(
+                moved.chunks_exact(2).map(|pair| (pair[0] as i32, (pair[1] >= 0).then_some(pair[1]))).collect(),
+            ),
+            _ => LogCount::Counted(counted(&reply)),
+        })
     }
 
     /// Counts records delivered by RabbitMQ, message by message
@@ -368,11 +521,12 @@ impl CounterStore {
             .map(|d| MessageArgs {
                 partition: 0,
                 offset: -1,
+                stored_next: -1,
                 message_id: d.message_id.as_deref().unwrap_or_default(),
                 records: d.records,
             })
             .collect();
-        self.count(None, records, &messages).await
+        self.count_new(records, &messages).await
     }
 
     /// Drops the journal entries of messages the broker has now acknowledged.
@@ -386,27 +540,29 @@ impl CounterStore {
         redis::cmd("UNLINK").arg(keys).query_async(&mut connection).await.map_err(|e| self.error(e))
     }
 
-    /// Sets the next offset of each partition that has none yet (HSETNX):
-    /// how a store counted by an earlier clima, which kept no offsets, takes
-    /// over its consumer group's committed offsets (everything below them was
-    /// counted, as offsets are committed only after the count).
-    pub async fn adopt_log_positions(&self, topic: &str, committed: &BTreeMap<i32, i64>) -> Result<(), StoreError> {
-        if committed.is_empty() {
-            return Ok(());
-        }
-        let key = self.keys.log_positions(topic);
-        let mut pipe = redis::pipe();
-        for (partition, offset) in committed {
-            pipe.hset_nx(&key, partition, offset).ignore();
-        }
+    /// Drops a partition's stored next offset and last id if the next offset
+    /// is still `next` (nothing was counted there since): the log the store
+    /// counted is gone (a recreated topic), and the new one is counted from
+    /// its start. Returns whether it dropped them.
+    pub async fn forget_log_position(&self, topic: &str, partition: i32, next: i64) -> Result<bool, StoreError> {
         let mut connection = self.connection.clone();
-        pipe.query_async(&mut connection).await.map_err(|e| self.error(e))
+        let dropped: i64 = self
+            .forget_position_script
+            .key(self.keys.log_positions(topic))
+            .key(self.keys.log_last_ids(topic))
+            .arg(partition)
+            .arg(next)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(dropped == 1)
     }
 
-    /// Drops the stored next offsets of these partitions (a recreated topic).
-    pub async fn forget_log_positions(&self, topic: &str, partitions: &[i32]) -> Result<(), StoreError> {
+    /// Each partition's id of the first tweet of the message just below its
+    /// stored next offset (empty if that message had none).
+    pub async fn log_last_ids(&self, topic: &str) -> Result<BTreeMap<i32, Vec<u8>>, StoreError> {
         let mut connection = self.connection.clone();
-        connection.hdel(self.keys.log_positions(topic), partitions).await.map_err(|e| self.error(e))
+        connection.hgetall(self.keys.log_last_ids(topic)).await.map_err(|e| self.error(e))
     }
 
     /// Each partition's next offset not counted yet, as [`Self::count_log_batch`] stored it.
@@ -415,14 +571,20 @@ impl CounterStore {
         connection.hgetall(self.keys.log_positions(topic)).await.map_err(|e| self.error(e))
     }
 
+    /// [`Self::count`] of messages that are not from a log: no offsets can move.
+    async fn count_new(&self, records: &[TweetRecord], messages: &[MessageArgs<'_>]) -> Result<u64, StoreError> {
+        Ok(counted(&self.count(None, records, messages).await?))
+    }
+
+    /// The count script's reply (see [`COUNT_BATCH_LUA`]).
     async fn count(
         &self,
         topic: Option<&str>,
         records: &[TweetRecord],
         messages: &[MessageArgs<'_>],
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Vec<i64>, StoreError> {
         if records.is_empty() {
-            return Ok(0);
+            return Ok(vec![0, 0]);
         }
         debug_assert_eq!(messages.iter().map(|m| m.records).sum::<usize>(), records.len());
         let mut invocation = self.count_script.prepare_invoke();
@@ -432,7 +594,7 @@ impl CounterStore {
             .key(self.keys.by_weather())
             .key(self.keys.by_country_weather());
         if let Some(topic) = topic {
-            invocation.key(self.keys.log_positions(topic));
+            invocation.key(self.keys.log_positions(topic)).key(self.keys.log_last_ids(topic));
         }
         invocation
             .arg(self.keys.seen_prefix())
@@ -443,7 +605,12 @@ impl CounterStore {
             .arg(UNACKED_MESSAGE_TTL.as_secs());
         let mut records = records.iter();
         for message in messages {
-            invocation.arg(message.partition).arg(message.offset).arg(message.message_id).arg(message.records);
+            invocation
+                .arg(message.partition)
+                .arg(message.offset)
+                .arg(message.stored_next)
+                .arg(message.message_id)
+                .arg(message.records);
             for record in records.by_ref().take(message.records) {
                 let tweet = record.tweet.as_ref();
                 let weather = tweet.map_or(Weather::Unspecified, clima_proto::v1::Tweet::weather);
@@ -502,8 +669,18 @@ impl CounterStore {
     }
 
     fn error(&self, source: redis::RedisError) -> StoreError {
+        if source.code() == Some("EVICTING") {
+            let detail = source.detail().unwrap_or_default();
+            let policy = detail.strip_prefix("maxmemory-policy is ").and_then(|rest| rest.split(',').next());
+            return StoreError::Evicting { url: self.url.clone(), policy: policy.unwrap_or("unknown").to_owned() };
+        }
         StoreError::Redis { url: self.url.clone(), source }
     }
+}
+
+/// The new records of a `{0, counted}` script reply.
+fn counted(reply: &[i64]) -> u64 {
+    reply.get(1).map_or(0, |&n| n.max(0) as u64)
 }
 
 /// The URL without its password, for errors and logs.

@@ -233,3 +233,99 @@ async fn a_retry_within_the_window_counts_once_across_generations() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(store.count_batch(&batch).await.unwrap(), 0);
 }
+
+/// A counter holding something that is not an integer (another tenant's
+/// write, a hand edit) fails the batch before any dedupe marker is set: once
+/// it is repaired, the retry counts every tweet.
+#[tokio::test]
+async fn a_counter_that_is_not_an_integer_fails_the_batch_with_nothing_written() {
+    let keys = KeySchema::new(unique_name("notanint"));
+    let store = CounterStore::connect(&valkey_url(), keys.clone(), Retention::default()).await.unwrap();
+    let mut valkey = redis::Client::open(valkey_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let batch = vec![record("GT", Weather::Soleado), record("MX", Weather::Nublado)];
+
+    for (key, field) in [(keys.total(), None), (keys.by_country(), Some("MX"))] {
+        match field {
+            Some(field) => valkey.hset::<_, _, _, ()>(&key, field, "lots").await.unwrap(),
+            None => valkey.set::<_, _, ()>(&key, "lots").await.unwrap(),
+        }
+        let error = store.count_batch(&batch).await.unwrap_err();
+        assert_eq!(marker_hashes(&mut valkey, &keys).await, Vec::<String>::new(), "markers without counts");
+        assert!(error.to_string().contains("NOTANINTEGER"), "{error}");
+        let _: () = valkey.del(&key).await.unwrap();
+    }
+    assert_eq!(store.count_batch(&batch).await.unwrap(), 2, "the retry counts what the failures did not");
+    assert_eq!(store.read_counts(1).await.unwrap().total, 2);
+}
+
+/// A store that may evict (any `maxmemory-policy` but `noeviction`) is
+/// refused with the setting named, and counts nothing, whatever `maxmemory`
+/// is: a later `CONFIG SET maxmemory` would start evicting at once.
+#[tokio::test]
+async fn a_store_that_may_evict_is_refused_and_counts_nothing() {
+    use clima_testkit::{ServerProcess, free_port, valkey_server_binary};
+    let port = free_port();
+    let _valkey = ServerProcess::start(
+        &valkey_server_binary(),
+        &args(&["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--maxmemory-policy", "allkeys-lru"]),
+        port,
+    );
+    let url = format!("redis://127.0.0.1:{port}");
+    let keys = KeySchema::new(unique_name("evicting"));
+    let store = CounterStore::connect(&url, keys.clone(), Retention::default()).await.unwrap();
+    let refused = store.check_never_evicts().await.unwrap_err();
+    assert!(matches!(&refused, StoreError::Evicting { policy, .. } if policy == "allkeys-lru"), "{refused}");
+    assert!(refused.to_string().contains("noeviction"), "says how to fix it: {refused}");
+
+    let error = store.count_batch(&[record("GT", Weather::Soleado)]).await.unwrap_err();
+    assert!(matches!(&error, StoreError::Evicting { policy, .. } if policy == "allkeys-lru"), "{error}");
+    let mut admin = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let written: Vec<String> = admin.keys("*").await.unwrap();
+    assert_eq!(written, Vec::<String>::new(), "an evicting store got writes");
+
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    store.check_never_evicts().await.unwrap();
+    assert_eq!(store.count_batch(&[record("GT", Weather::Soleado)]).await.unwrap(), 1);
+}
+
+fn at(partition: i32, offset: i64, stored_next: Option<i64>) -> LogPosition {
+    LogPosition { partition, offset, stored_next, records: 1 }
+}
+
+/// A log batch counts only where the store's next offsets are the ones the
+/// consumer read from; otherwise nothing is written and the store says where
+/// it is (a restore, an emptied store, another consumer).
+#[tokio::test]
+async fn a_log_batch_read_from_other_positions_than_the_stores_writes_nothing() {
+    let keys = KeySchema::new(unique_name("moved"));
+    let store = CounterStore::connect(&redis_url(), keys.clone(), Retention::default()).await.unwrap();
+    let topic = "t";
+    let first = [record("GT", Weather::Soleado), record("MX", Weather::Nublado)];
+    let counted = store.count_log_batch(topic, &first, &[at(0, 0, None), at(1, 0, None)]).await.unwrap();
+    assert_eq!(counted, LogCount::Counted(2));
+    assert_eq!(store.log_positions(topic).await.unwrap(), BTreeMap::from([(0, 1), (1, 1)]));
+    let last_ids = store.log_last_ids(topic).await.unwrap();
+    assert_eq!(last_ids[&0], uuid::Uuid::parse_str(&first[0].id).unwrap().as_bytes().to_vec());
+
+    // Read as if the store had none (it was emptied, say): refused, with the store's offsets.
+    let second = [record("CO", Weather::Lluvioso), record("PE", Weather::Soleado)];
+    let moved = store.count_log_batch(topic, &second, &[at(0, 1, Some(1)), at(1, 1, None)]).await.unwrap();
+    assert_eq!(moved, LogCount::Moved(BTreeMap::from([(1, Some(1))])));
+    assert_eq!(store.read_counts(1).await.unwrap().total, 2, "a refused batch counted");
+    assert_eq!(store.log_positions(topic).await.unwrap(), BTreeMap::from([(0, 1), (1, 1)]));
+
+    let counted = store.count_log_batch(topic, &second, &[at(0, 1, Some(1)), at(1, 1, Some(1))]).await.unwrap();
+    assert_eq!(counted, LogCount::Counted(2));
+
+    // A replaced log's position goes only if nothing was counted there since.
+    assert!(!store.forget_log_position(topic, 0, 1).await.unwrap(), "dropped a position that moved on");
+    assert!(store.forget_log_position(topic, 0, 2).await.unwrap());
+    assert_eq!(store.log_positions(topic).await.unwrap(), BTreeMap::from([(1, 2)]));
+    assert!(!store.log_last_ids(topic).await.unwrap().contains_key(&0));
+}

@@ -6,8 +6,14 @@ use tokio::net::TcpListener;
 
 use crate::readiness::Readiness;
 
-fn readyz(readiness: &Readiness) -> (StatusCode, &'static str) {
-    if readiness.is_ready() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+/// 200 "ready", or 503 "not ready:" and the unmet conditions.
+fn readyz(readiness: &Readiness) -> (StatusCode, String) {
+    let unmet = readiness.unmet();
+    if unmet.is_empty() {
+        return (StatusCode::OK, "ready".to_owned());
+    }
+    let names: Vec<&str> = unmet.into_iter().map(crate::readiness::Condition::as_str).collect();
+    (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}", names.join(", ")))
 }
 
 /// Serves `GET /metrics` (Prometheus text format), `GET /healthz` (the

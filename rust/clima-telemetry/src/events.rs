@@ -187,3 +187,38 @@ pub fn consumer_lag(source: Broker, partition: Option<i32>, messages: u64) {
     metrics::gauge!("clima_consumer_lag_messages", "source" => source.as_str(), "partition" => partition)
         .set(messages as f64);
 }
+
+/// A batch the store refused because its positions were not the ones the
+/// consumer read from: the store was restored or emptied, or another
+/// consumer counted there (`clima_store_positions_moved_total`).
+pub fn store_moved(source: Broker, store: Store) {
+    metrics::counter!("clima_store_positions_moved_total", "source" => source.as_str(), "store" => store.as_str())
+        .increment(1);
+}
+
+/// A Kafka partition whose log is not the one the store counted (the topic
+/// was deleted and created again): its stored position was dropped and the
+/// new log is counted from its start (`clima_kafka_log_replaced_total`).
+pub fn kafka_log_replaced(partition: i32) {
+    metrics::counter!("clima_kafka_log_replaced_total", "partition" => partition.to_string()).increment(1);
+}
+
+/// Offsets of a Kafka partition that the store had not counted and the log no
+/// longer holds (retention deleted them before the store caught up, or the
+/// store was restored to before them): their tweets cannot be counted
+/// (`clima_kafka_uncountable_offsets_total`).
+pub fn kafka_offsets_uncountable(partition: i32, offsets: u64) {
+    metrics::counter!("clima_kafka_uncountable_offsets_total", "partition" => partition.to_string()).increment(offsets);
+}
+
+/// Whether a consumer receives nothing while its broker holds messages past
+/// its position (`clima_consumer_stalled`, 1 while stalled).
+pub fn consumer_stalled(source: Broker, stalled: bool) {
+    metrics::gauge!("clima_consumer_stalled", "source" => source.as_str()).set(if stalled { 1.0 } else { 0.0 });
+}
+
+/// Whether the store was refused for counting because it may evict keys
+/// (`clima_store_refused`, 1 while refused).
+pub fn store_refused(store: Store, refused: bool) {
+    metrics::gauge!("clima_store_refused", "store" => store.as_str()).set(if refused { 1.0 } else { 0.0 });
+}

@@ -105,7 +105,26 @@ pub(crate) fn init(
         fmt_layer.with_filter(tracing_subscriber::filter::filter_fn(|metadata| metadata.is_event())).boxed()
     };
     tracing_subscriber::registry().with(filter).with(otel_layer).with(fmt_layer).init();
+    log_panics();
     Ok(Telemetry { tracer_provider })
+}
+
+/// A panic, in any thread or task, is logged at ERROR with its message and
+/// place before the default hook prints it to stderr: a service's log (JSON
+/// in k8s) then says why it stopped, in its own format.
+fn log_panics() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |panic| {
+        let location = panic.location().map(ToString::to_string).unwrap_or_default();
+        let message = panic
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|message| (*message).to_owned())
+            .or_else(|| panic.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(%location, "panicked: {message}");
+        default_hook(panic);
+    }));
 }
 
 fn env_is(name: &str, value: &str) -> bool {

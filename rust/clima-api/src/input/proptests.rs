@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::*;
 
 fn decode_and_accept(body: &[u8]) -> Result<Vec<TweetRecord>, ApiError> {
-    let decoded = decode(body)?;
+    let decoded = decode(body, 10_000)?;
     accept(decoded.inputs, decoded.array, Some("proptest"))
 }
 

@@ -1,7 +1,7 @@
 use super::*;
 
 fn decode_str(body: &str) -> Result<Decoded, ApiError> {
-    decode(body.as_bytes())
+    decode(body.as_bytes(), 10_000)
 }
 
 fn json_error(body: &str) -> (Option<String>, String) {
@@ -140,4 +140,21 @@ fn mixing_the_namings_is_an_error_that_names_the_field() {
 
     let (_, message) = json_error(r#"{"descripcion":"a","pais":"GT","clima":"Soleado","pays":"x"}"#);
     assert!(message.contains("pays"), "unknown fields stay errors: {message}");
+}
+
+/// The cap on tweets is checked while the array is read: the element after
+/// the cap is refused (413) before the rest of the body is decoded, so a
+/// body of a million empty objects costs no million structs.
+#[test]
+fn an_array_over_the_cap_is_refused_at_the_element_after_it() {
+    let tweet = r#"{"description":"a","country":"GT","weather":"Soleado"}"#;
+    let three = format!("[{tweet},{tweet},{tweet}]");
+    assert_eq!(decode(three.as_bytes(), 3).unwrap().inputs.len(), 3);
+    assert!(matches!(decode(three.as_bytes(), 2), Err(ApiError::PayloadTooLarge(_))));
+    // Refused before the rest is read: the invalid JSON after the cap is never reached.
+    let refused_early = format!("[{tweet},{tweet},{tweet}, this is not JSON");
+    assert!(matches!(decode(refused_early.as_bytes(), 2), Err(ApiError::PayloadTooLarge(_))));
+    // Empty objects are elements too (each would fail validation, later).
+    let empties = format!("[{}{{}}]", "{},".repeat(1_000_000));
+    assert!(matches!(decode(empties.as_bytes(), 10_000), Err(ApiError::PayloadTooLarge(_))));
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     AckTiming, BatchConfig, ConsumerError,
-    source::{Content, Message, Source, Tally},
+    source::{Content, Message, Source, Tallied, Tally},
 };
 
 /// What happened, in order, across the source and the store. Messages are
@@ -31,6 +31,8 @@ enum Event {
     Counted(Vec<u64>),
     Acked(Vec<u64>, AckTiming),
     Recovered,
+    /// The source was told the store's positions moved.
+    StoreMoved,
 }
 
 type Journal = Arc<Mutex<Vec<Event>>>;
@@ -77,16 +79,22 @@ impl Source for MemorySource {
         self.told.lock().unwrap().push(positions.to_vec());
     }
 
+    fn store_moved(&mut self) {
+        self.journal.lock().unwrap().push(Event::StoreMoved);
+    }
+
     async fn recover(&mut self, _shutdown: &CancellationToken) -> bool {
         self.journal.lock().unwrap().push(Event::Recovered);
         true
     }
 }
 
-/// A store that counts each tweet id once, and fails its first `failures` calls.
+/// A store that counts each tweet id once, fails its first `failures` calls,
+/// and then answers its next `moves` calls that its positions moved.
 struct MemoryTally {
     journal: Journal,
     failures: AtomicUsize,
+    moves: AtomicUsize,
     calls: AtomicUsize,
     seen: Mutex<HashSet<String>>,
 }
@@ -98,16 +106,20 @@ impl Tally<u64> for MemoryTally {
         Store::Redis
     }
 
-    async fn count(&self, records: &[TweetRecord], positions: &[u64]) -> Result<u64, Self::Error> {
+    async fn count(&self, records: &[TweetRecord], positions: &[u64]) -> Result<Tallied, Self::Error> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.failures.load(Ordering::SeqCst) > 0 {
             self.failures.fetch_sub(1, Ordering::SeqCst);
             return Err("store unreachable");
         }
+        if self.moves.load(Ordering::SeqCst) > 0 {
+            self.moves.fetch_sub(1, Ordering::SeqCst);
+            return Ok(Tallied::Moved);
+        }
         let mut seen = self.seen.lock().unwrap();
         let new = records.iter().filter(|record| seen.insert(record.id.clone())).count();
         self.journal.lock().unwrap().push(Event::Counted(positions.to_vec()));
-        Ok(new as u64)
+        Ok(Tallied::Counted(new as u64))
     }
 }
 
@@ -141,6 +153,7 @@ async fn drive(
     batching: BatchConfig,
     store_failures: usize,
     dead_letter_failures: usize,
+    store_moves: usize,
     done: impl Fn(&[Event], usize) -> bool,
 ) -> Run {
     clima_testkit::test_log();
@@ -151,6 +164,7 @@ async fn drive(
     let tally = MemoryTally {
         journal: journal.clone(),
         failures: AtomicUsize::new(store_failures),
+        moves: AtomicUsize::new(store_moves),
         calls: AtomicUsize::new(0),
         seen: Mutex::default(),
     };
@@ -184,7 +198,7 @@ fn acked(events: &[Event]) -> usize {
 #[tokio::test(start_paused = true)]
 async fn a_batch_is_acked_only_after_the_store_counted_it() {
     let inbox = vec![tweets(1, &["a", "b"]), tweets(2, &["c"]), tweets(3, &["b", "d"])];
-    let run = drive(inbox, BatchConfig::default(), 0, 0, |events, _| acked(events) == 1).await;
+    let run = drive(inbox, BatchConfig::default(), 0, 0, 0, |events, _| acked(events) == 1).await;
     assert_eq!(run.events, [Event::Counted(vec![1, 2, 3]), Event::Acked(vec![1, 2, 3], AckTiming::AfterStore)]);
     assert_eq!(run.counted_ids, 4, "b came twice and counts once");
     assert_eq!(run.told, [vec![1, 2, 3]]);
@@ -195,23 +209,37 @@ async fn a_batch_is_acked_only_after_the_store_counted_it() {
 async fn acking_before_the_store_acks_a_batch_before_counting_it() {
     let batching = BatchConfig { ack: AckTiming::BeforeStore, ..BatchConfig::default() };
     let inbox = vec![tweets(1, &["a"]), tweets(2, &["b"])];
-    let run = drive(inbox, batching, 0, 0, |events, _| events.len() == 2).await;
+    let run = drive(inbox, batching, 0, 0, 0, |events, _| events.len() == 2).await;
     assert_eq!(run.events, [Event::Acked(vec![1, 2], AckTiming::BeforeStore), Event::Counted(vec![1, 2])]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_store_is_retried_until_it_counts_and_only_then_acked() {
     let inbox = vec![tweets(1, &["a"]), tweets(2, &["b"])];
-    let run = drive(inbox, BatchConfig::default(), 3, 0, |events, _| acked(events) == 1).await;
+    let run = drive(inbox, BatchConfig::default(), 3, 0, 0, |events, _| acked(events) == 1).await;
     assert_eq!(run.store_calls, 4, "three failed calls, then the one that counted");
     assert_eq!(run.events, [Event::Counted(vec![1, 2]), Event::Acked(vec![1, 2], AckTiming::AfterStore)]);
     assert!(run.ready, "ready again once the store counted");
 }
 
+/// The store's positions moved under the source (a restore, another
+/// consumer): the batch is neither acknowledged nor told counted, and the
+/// source is told to read again from the store. What it reads then counts.
+#[tokio::test(start_paused = true)]
+async fn a_batch_the_store_refuses_as_moved_is_dropped_unacked_and_the_source_told() {
+    let inbox = vec![tweets(1, &["a"]), tweets(2, &["b"])];
+    let run =
+        drive(inbox, BatchConfig { max_records: 1, ..BatchConfig::default() }, 0, 0, 1, |events, _| acked(events) == 1)
+            .await;
+    assert_eq!(run.events, [Event::StoreMoved, Event::Counted(vec![2]), Event::Acked(vec![2], AckTiming::AfterStore)]);
+    assert_eq!(run.told, [vec![2]], "a refused batch is not told counted");
+    assert!(run.ready);
+}
+
 #[tokio::test(start_paused = true)]
 async fn shutdown_while_the_store_fails_leaves_the_batch_unacked() {
     let inbox = vec![tweets(1, &["a"])];
-    let run = drive(inbox, BatchConfig::default(), usize::MAX, 0, |_, calls| calls >= 3).await;
+    let run = drive(inbox, BatchConfig::default(), usize::MAX, 0, 0, |_, calls| calls >= 3).await;
     assert_eq!(run.events, [], "nothing counted, so nothing acked: the broker delivers it again");
     assert!(!run.ready, "not ready while the store refuses writes");
 }
@@ -219,7 +247,7 @@ async fn shutdown_while_the_store_fails_leaves_the_batch_unacked() {
 #[tokio::test(start_paused = true)]
 async fn a_rejected_message_is_dead_lettered_and_acked_with_its_batch_but_never_counted() {
     let inbox = vec![tweets(1, &["a"]), rejected(2), tweets(3, &["b"])];
-    let run = drive(inbox, BatchConfig::default(), 0, 0, |events, _| acked(events) == 1).await;
+    let run = drive(inbox, BatchConfig::default(), 0, 0, 0, |events, _| acked(events) == 1).await;
     assert_eq!(
         run.events,
         [Event::DeadLettered(2), Event::Counted(vec![1, 3]), Event::Acked(vec![1, 2, 3], AckTiming::AfterStore)]
@@ -229,7 +257,7 @@ async fn a_rejected_message_is_dead_lettered_and_acked_with_its_batch_but_never_
 #[tokio::test(start_paused = true)]
 async fn a_batch_with_nothing_new_to_count_is_acked_without_the_store() {
     let inbox = vec![rejected(1), counted_before(2)];
-    let run = drive(inbox, BatchConfig::default(), 0, 0, |events, _| acked(events) == 1).await;
+    let run = drive(inbox, BatchConfig::default(), 0, 0, 0, |events, _| acked(events) == 1).await;
     assert_eq!(run.events, [Event::DeadLettered(1), Event::Acked(vec![1, 2], AckTiming::AfterStore)]);
     assert_eq!(run.store_calls, 0);
     assert_eq!(run.told, [Vec::<u64>::new()], "still told, so Kafka can seek past what was counted");
@@ -238,7 +266,7 @@ async fn a_batch_with_nothing_new_to_count_is_acked_without_the_store() {
 #[tokio::test(start_paused = true)]
 async fn a_broker_failure_drops_the_batch_in_hand_unacked_and_reconnects() {
     let inbox = vec![tweets(1, &["a"]), Err(ConsumerError::StreamEnded), tweets(2, &["b"])];
-    let run = drive(inbox, BatchConfig::default(), 0, 0, |events, _| acked(events) == 1).await;
+    let run = drive(inbox, BatchConfig::default(), 0, 0, 0, |events, _| acked(events) == 1).await;
     assert_eq!(
         run.events,
         [Event::Recovered, Event::Counted(vec![2]), Event::Acked(vec![2], AckTiming::AfterStore)],
@@ -250,7 +278,7 @@ async fn a_broker_failure_drops_the_batch_in_hand_unacked_and_reconnects() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_dead_letter_leaves_its_batch_uncounted_and_unacked() {
     let inbox = vec![tweets(1, &["a"]), rejected(2)];
-    let run = drive(inbox, BatchConfig::default(), 0, 1, |events, _| events.contains(&Event::Recovered)).await;
+    let run = drive(inbox, BatchConfig::default(), 0, 1, 0, |events, _| events.contains(&Event::Recovered)).await;
     assert_eq!(run.events, [Event::Recovered]);
     assert_eq!(run.store_calls, 0);
 }
@@ -259,7 +287,7 @@ async fn a_failed_dead_letter_leaves_its_batch_uncounted_and_unacked() {
 async fn batches_close_at_their_size_without_splitting_a_message() {
     let batching = BatchConfig { max_records: 3, ..BatchConfig::default() };
     let inbox = vec![tweets(1, &["a", "b"]), tweets(2, &["c", "d"]), tweets(3, &["e"])];
-    let run = drive(inbox, batching, 0, 0, |events, _| acked(events) == 2).await;
+    let run = drive(inbox, batching, 0, 0, 0, |events, _| acked(events) == 2).await;
     assert_eq!(
         run.events,
         [

@@ -149,6 +149,11 @@ pub(crate) async fn build(args: ConsumerArgs, shutdown: CancellationToken) -> an
             () = shutdown.cancelled() => return Ok(()),
         };
         tracing::info!(store = store.system().as_str(), %prefix, "store connected");
+        tokio::spawn({
+            let (store, health, shutdown) = (store.clone(), health.clone(), shutdown.clone());
+            let every = clima_consumer::STORE_POLICY_CHECK_EVERY;
+            async move { clima_consumer::watch_store_policy(&store, &health, every, &shutdown).await }
+        });
         match reader {
             Reader::Kafka(broker, source) => {
                 clima_consumer::kafka::run(&broker, &source, &batching, &store, shutdown, &health).await?;
