@@ -127,7 +127,7 @@ struct Verification {
     /// The store's next offset.
     next: i64,
     /// The binary id of that message's first tweet, as the store kept it
-    /// (empty: nothing to compare).
+    /// (empty: nothing to compare, as the store kept none for that offset).
     last_id: Vec<u8>,
 }
 
@@ -157,6 +157,8 @@ pub struct KafkaSource {
     aligned: u64,
     /// When [`KafkaSource::check_log_ends`] last ran.
     last_end_check: Instant,
+    /// When the last message (or error) came, or the last stall check ran.
+    last_received: Instant,
     reading: Reading,
 }
 
@@ -270,6 +272,7 @@ impl KafkaSource {
             assigned,
             aligned: 0,
             last_end_check: Instant::now(),
+            last_received: Instant::now(),
             reading: Reading {
                 counted: Counted::new(),
                 behind: BTreeMap::new(),
@@ -329,21 +332,27 @@ impl Source for KafkaSource {
                     continue;
                 }
             }
-            let received = tokio::select! {
-                received = tokio::time::timeout(STALL_CHECK_AFTER, self.consumer.recv()) => received,
-                () = self.assigned.notified() => continue,
-            };
-            let message = match received {
-                Err(_idle) => {
-                    self.check_stalled();
+            if self.last_received.elapsed() >= STALL_CHECK_AFTER {
+                self.last_received = Instant::now();
+                self.check_stalled();
+                if self.reading.needs_realign {
                     continue;
                 }
-                Ok(Err(error)) => {
+            }
+            let next_check = (self.last_end_check + WATERMARK_CHECK_EVERY).min(self.last_received + STALL_CHECK_AFTER);
+            let received = tokio::select! {
+                received = self.consumer.recv() => received,
+                () = self.assigned.notified() => continue,
+                () = tokio::time::sleep_until(next_check.into()) => continue,
+            };
+            self.last_received = Instant::now();
+            let message = match received {
+                Err(error) => {
                     tracing::warn!(%error, "kafka consumer error; waiting for the broker");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
-                Ok(Ok(message)) => message,
+                Ok(message) => message,
             };
             if self.assignments.load(Ordering::Acquire) != self.aligned {
                 // Fetched from where the group said: read again from the store's positions.
@@ -487,6 +496,10 @@ impl KafkaSource {
                 continue;
             }
             let next = self.reading.counted.get(&partition).map_or(behind, |&counted| counted.max(behind));
+            if self.reading.position(partition) >= next {
+                // Read up to there already (a rejected message past the counted ones): no seek back.
+                continue;
+            }
             tracing::info!(partition, next, "skipping messages the store counted already");
             let seek = self.consumer.seek(&self.topic, partition, Offset::Offset(next), Duration::from_secs(1));
             match seek {
@@ -531,7 +544,11 @@ impl KafkaSource {
             match positions.get(&partition) {
                 Some(&next) if next > 0 => {
                     start.add_partition_offset(&self.topic, partition, Offset::Offset(next - 1))?;
-                    let last_id = last_ids.get(&partition).cloned().unwrap_or_default();
+                    // Kept by an older clima, or for another offset: nothing to compare.
+                    let last_id = match last_ids.get(&partition) {
+                        Some((offset, id)) if *offset == next - 1 => id.clone(),
+                        _ => Vec::new(),
+                    };
                     self.reading.verifying.insert(partition, Verification { next, last_id });
                 }
                 _ => start.add_partition_offset(&self.topic, partition, Offset::Beginning)?,
@@ -586,7 +603,10 @@ impl KafkaSource {
                 waiting.push((partition, position, high));
             }
         }
-        if !waiting.is_empty() {
+        if waiting.is_empty() {
+            // Nothing waits (the partitions moved away, or their messages went): no stall.
+            self.reading.moving();
+        } else {
             self.reading.stalled_behind(&waiting);
         }
     }
@@ -610,7 +630,9 @@ impl Reading {
         let (partition, offset) = (message.partition(), message.offset());
         if let Some(check) = self.verifying.remove(&partition) {
             let expected = check.next - 1;
-            let same_message = offset == expected && (check.last_id.is_empty() || first_id(message) == check.last_id);
+            // A message whose first id cannot be read (not a clima batch) proves nothing either way.
+            let same_message = offset == expected
+                && (check.last_id.is_empty() || first_id(message).is_empty() || first_id(message) == check.last_id);
             if offset < expected || (offset == expected && !same_message) {
                 tracing::warn!(
                     partition,

@@ -55,8 +55,10 @@ pub enum AckTiming {
     #[default]
     AfterStore,
     /// Before the store counts it, as a consumer with auto-commit or auto-ack
-    /// does. A crash in between loses the batch: the broker will not deliver
-    /// it again. Never for production; ci/experiments measures what it loses.
+    /// does. A crash in between loses a RabbitMQ batch: the broker will not
+    /// deliver it again (the Kafka consumer reads from the store's offsets,
+    /// so an early commit loses nothing there). Never for production;
+    /// ci/experiments measures what it loses.
     BeforeStore,
 }
 

@@ -72,9 +72,10 @@ impl KeySchema {
     pub fn log_positions(&self, topic: &str) -> String {
         format!("{}:kafka-next-offset:{topic}", self.prefix)
     }
-    /// Hash: partition → the binary id of the first tweet of the message just
-    /// below its next offset. Tells the log the store counted from a topic
-    /// deleted and created again under the same name, whose offsets start over.
+    /// Hash: partition → `<offset>:<binary id>` of the message just below its
+    /// next offset and of that message's first tweet. Tells the log the store
+    /// counted from a topic deleted and created again under the same name,
+    /// whose offsets start over.
     pub fn log_last_ids(&self, topic: &str) -> String {
         format!("{}:kafka-last-id:{topic}", self.prefix)
     }
@@ -244,7 +245,8 @@ for _, message in ipairs(messages) do
   local partition, offset, first, last = message[1], message[2], message[4], message[5]
   if log_positions and offset >= 0 and (next_offsets[partition] or -1) < offset + 1 then
     next_offsets[partition] = offset + 1
-    last_ids[partition] = first <= last and ARGV[first] or ''
+    -- Paired with its offset: an id left by an older writer of the hash is never compared.
+    last_ids[partition] = offset .. ':' .. (first <= last and ARGV[first] or '')
   end
   for r = first, last, 4 do
     local id, country, weather, minute = ARGV[r], ARGV[r + 1], ARGV[r + 2], ARGV[r + 3]
@@ -269,9 +271,10 @@ local function check_type(key, expected)
     return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. expected .. nothing)
   end
 end
--- At most 18 digits, so that an increment cannot overflow 64 bits.
+-- An integer as Redis parses one (no leading zero, no '-0'), of at most 18
+-- digits so that an increment cannot overflow 64 bits.
 local function check_count(key, field, value)
-  local digits = value and string.match(value, '^-?(%d+)$')
+  local digits = value and (value == '0' and '0' or string.match(value, '^-?([1-9]%d*)$'))
   if value and not (digits and #digits <= 18) then
     local where = field and (key .. ' field ' .. field) or key
     return redis.error_reply('NOTANINTEGER ' .. where .. ' holds ' .. string.format('%q', string.sub(value, 1, 40)) ..
@@ -558,11 +561,20 @@ impl CounterStore {
         Ok(dropped == 1)
     }
 
-    /// Each partition's id of the first tweet of the message just below its
-    /// stored next offset (empty if that message had none).
-    pub async fn log_last_ids(&self, topic: &str) -> Result<BTreeMap<i32, Vec<u8>>, StoreError> {
+    /// Each partition's last counted message: its offset, and the binary id
+    /// of its first tweet (empty if it had none).
+    pub async fn log_last_ids(&self, topic: &str) -> Result<BTreeMap<i32, (i64, Vec<u8>)>, StoreError> {
         let mut connection = self.connection.clone();
-        connection.hgetall(self.keys.log_last_ids(topic)).await.map_err(|e| self.error(e))
+        let stored: BTreeMap<i32, Vec<u8>> =
+            connection.hgetall(self.keys.log_last_ids(topic)).await.map_err(|e| self.error(e))?;
+        Ok(stored
+            .into_iter()
+            .filter_map(|(partition, value)| {
+                let colon = value.iter().position(|&byte| byte == b':')?;
+                let offset = std::str::from_utf8(&value[..colon]).ok()?.parse().ok()?;
+                Some((partition, (offset, value[colon + 1..].to_vec())))
+            })
+            .collect())
     }
 
     /// Each partition's next offset not counted yet, as [`Self::count_log_batch`] stored it.

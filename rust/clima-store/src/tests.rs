@@ -244,10 +244,18 @@ async fn a_counter_that_is_not_an_integer_fails_the_batch_with_nothing_written()
     let mut valkey = redis::Client::open(valkey_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let batch = vec![record("GT", Weather::Soleado), record("MX", Weather::Nublado)];
 
-    for (key, field) in [(keys.total(), None), (keys.by_country(), Some("MX"))] {
+    // What Redis's INCRBY refuses: a word, a leading zero, a minus zero, 19 digits.
+    let cases = [
+        (keys.total(), None, "lots"),
+        (keys.by_country(), Some("MX"), "lots"),
+        (keys.total(), None, "007"),
+        (keys.by_country(), Some("MX"), "-0"),
+        (keys.total(), None, "1000000000000000000"),
+    ];
+    for (key, field, value) in cases {
         match field {
-            Some(field) => valkey.hset::<_, _, _, ()>(&key, field, "lots").await.unwrap(),
-            None => valkey.set::<_, _, ()>(&key, "lots").await.unwrap(),
+            Some(field) => valkey.hset::<_, _, _, ()>(&key, field, value).await.unwrap(),
+            None => valkey.set::<_, _, ()>(&key, value).await.unwrap(),
         }
         let error = store.count_batch(&batch).await.unwrap_err();
         assert_eq!(marker_hashes(&mut valkey, &keys).await, Vec::<String>::new(), "markers without counts");
@@ -311,7 +319,7 @@ async fn a_log_batch_read_from_other_positions_than_the_stores_writes_nothing() 
     assert_eq!(counted, LogCount::Counted(2));
     assert_eq!(store.log_positions(topic).await.unwrap(), BTreeMap::from([(0, 1), (1, 1)]));
     let last_ids = store.log_last_ids(topic).await.unwrap();
-    assert_eq!(last_ids[&0], uuid::Uuid::parse_str(&first[0].id).unwrap().as_bytes().to_vec());
+    assert_eq!(last_ids[&0], (0, uuid::Uuid::parse_str(&first[0].id).unwrap().as_bytes().to_vec()));
 
     // Read as if the store had none (it was emptied, say): refused, with the store's offsets.
     let second = [record("CO", Weather::Lluvioso), record("PE", Weather::Soleado)];
