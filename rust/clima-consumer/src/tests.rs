@@ -630,3 +630,51 @@ async fn a_store_that_may_evict_makes_the_consumer_not_ready_until_fixed() {
     shutdown.cancel();
     watch.await.unwrap();
 }
+
+/// The prod topology: several consumers of one group on a topic of three
+/// partitions, while tweets are published. Two members join, and the first
+/// is aborted while tweets still come, as a crash would (no last commit): the
+/// others take its partitions from the store's offsets, and every tweet is
+/// counted exactly once. (A guard, not a fix: the code before the store
+/// held positions was exact here too, by its offsets and markers.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_joining_and_crashing_in_one_group_count_exactly_once() {
+    let broker = KafkaConfig { partitions: 3, ..kafka_topic("rebalance-topic") };
+    let (store, _) = store_with_prefix(&redis_url()).await;
+    let group = KafkaSourceConfig { group: unique_name("group") };
+    let sink = KafkaSink::new(broker.clone(), KafkaSinkConfig::default()).unwrap();
+    let mut expected = Counts::default();
+    publish_singles(&sink, 30, &mut expected).await;
+
+    let shutdown = CancellationToken::new();
+    let first = spawn_kafka_consumer(&broker, group.clone(), &store, &shutdown);
+    let publisher = tokio::spawn(async move {
+        let mut published = Counts::default();
+        publish_singles(&sink, 600, &mut published).await;
+        published
+    });
+    // A second and a third member join while tweets come.
+    clima_testkit::eventually(Duration::from_secs(30), || async {
+        (store.read_counts(1).await.unwrap().total >= 30).then_some(())
+    })
+    .await
+    .expect("the first consumer counted nothing");
+    let second = spawn_kafka_consumer(&broker, group.clone(), &store, &shutdown);
+    let third = spawn_kafka_consumer(&broker, group.clone(), &store, &shutdown);
+    // The first crashes with whatever it holds, while tweets still come: no
+    // close of the driver, no last commit; the others take its partitions.
+    clima_testkit::eventually(Duration::from_secs(60), || async {
+        (store.read_counts(1).await.unwrap().total >= 100).then_some(())
+    })
+    .await
+    .expect("the group stopped counting after members joined");
+    first.abort();
+    assert!(!publisher.is_finished(), "the crash came after the last tweet: it proves less");
+    expected.merge(&publisher.await.unwrap());
+
+    assert_exact(&caught_up(&store, &broker.topic, 630).await, &expected);
+    shutdown.cancel();
+    for consumer in [second, third] {
+        consumer.await.unwrap().unwrap();
+    }
+}
