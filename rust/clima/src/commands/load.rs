@@ -28,7 +28,7 @@ use std::{
 use anyhow::bail;
 use bytes::Bytes;
 use clima_proto::v1::TweetInput;
-use clima_store::Counts;
+use clima_store::{CounterStore, Counts};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -247,6 +247,33 @@ struct Counted {
     valkey_post_to_counted_ms: Percentiles,
 }
 
+/// Both stores' counts once neither has changed for a second (up to a
+/// minute): the baseline `--verify` measures this run's tweets against. A
+/// store still counting what came before this run (a consumer catching up,
+/// or counting a retained log again into a store that has no offsets for it)
+/// would otherwise be taken for this run's tweets.
+async fn quiet_counts(redis: &CounterStore, valkey: &CounterStore) -> anyhow::Result<(Counts, Counts)> {
+    let waiting = Instant::now();
+    let mut last = tokio::try_join!(redis.read_counts(1), valkey.read_counts(1))?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = tokio::try_join!(redis.read_counts(1), valkey.read_counts(1))?;
+        let quiet = (now.0.total, now.1.total) == (last.0.total, last.1.total);
+        if quiet || waiting.elapsed() >= Duration::from_secs(60) {
+            if !quiet {
+                eprintln!("the stores were still counting after 60 s: the baseline may include tweets of no run's");
+            } else if waiting.elapsed() > Duration::from_secs(2) {
+                eprintln!(
+                    "waited {:.0} s for the stores to stop counting tweets sent before this run",
+                    waiting.elapsed().as_secs_f64()
+                );
+            }
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
 pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.arrays_batch == 0 || args.concurrency == Some(0) {
         bail!("--batch, --arrays-batch and --concurrency must be at least 1");
@@ -259,7 +286,7 @@ pub(crate) async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let target = Arc::new(Target::parse(&args.url)?);
     let stores = if args.verify { Some(args.stores.connect().await?) } else { None };
     let before = match &stores {
-        Some((redis, valkey)) => Some(tokio::try_join!(redis.read_counts(1), valkey.read_counts(1))?),
+        Some((redis, valkey)) => Some(quiet_counts(redis, valkey).await?),
         None => None,
     };
 
