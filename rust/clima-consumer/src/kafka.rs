@@ -328,6 +328,7 @@ impl Source for KafkaSource {
             if self.last_end_check.elapsed() >= WATERMARK_CHECK_EVERY {
                 self.last_end_check = Instant::now();
                 self.check_log_ends();
+                self.check_store_positions().await;
                 if self.reading.needs_realign {
                     continue;
                 }
@@ -584,6 +585,31 @@ impl KafkaSource {
                 log_replaced(partition, position, end);
                 self.reading.needs_realign = true;
             }
+        }
+    }
+
+    /// Every [`WATERMARK_CHECK_EVERY`]: the store's next offsets of the
+    /// assigned partitions must be the ones the consumer reads from. A store
+    /// restored or emptied while no message comes would otherwise be noticed
+    /// only with the next message (whose batch it refuses).
+    async fn check_store_positions(&mut self) {
+        let Ok(assignment) = self.consumer.assignment() else { return };
+        let assigned: Vec<i32> = assignment.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+        let stored = match self.store.log_positions(&self.topic).await {
+            Ok(stored) => stored,
+            Err(error) => return tracing::debug!(%error, "could not read the store's positions"),
+        };
+        let moved: Vec<i32> = assigned
+            .into_iter()
+            .filter(|partition| stored.get(partition) != self.reading.counted.get(partition))
+            .collect();
+        if !moved.is_empty() {
+            tracing::warn!(
+                ?moved,
+                "the store's next offsets moved under the consumer (restored, emptied, or counted by another \
+                 consumer): reading again from them"
+            );
+            self.reading.needs_realign = true;
         }
     }
 
