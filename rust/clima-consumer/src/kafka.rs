@@ -520,15 +520,14 @@ impl KafkaSource {
     /// Drops first the positions of partitions whose log was replaced.
     async fn realign(&mut self) -> Result<(), ConsumerError> {
         for (&partition, &next) in &self.reading.replaced {
-            if self.store.forget_log_position(&self.topic, partition, next).await.map_err(store_error)? {
+            if self.store.forget_log_position(&self.topic, partition, next).await? {
                 tracing::warn!(partition, next, "dropped the store's position of a replaced log");
             }
         }
         self.reading.replaced.clear();
-        let mut positions = self.store.log_positions(&self.topic).await.map_err(store_error)?;
-        let last_ids = self.store.log_last_ids(&self.topic).await.map_err(store_error)?;
-        let assigned: Vec<i32> =
-            self.consumer.assignment()?.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+        let mut positions = self.store.log_positions(&self.topic).await?;
+        let last_ids = self.store.log_last_ids(&self.topic).await?;
+        let assigned = self.assigned_partitions()?;
         let mut start = TopicPartitionList::new();
         self.reading.verifying.clear();
         for partition in assigned {
@@ -538,7 +537,7 @@ impl KafkaSource {
             {
                 // The store counted offsets this log never had: it is a new log.
                 log_replaced(partition, next, end);
-                if self.store.forget_log_position(&self.topic, partition, next).await.map_err(store_error)? {
+                if self.store.forget_log_position(&self.topic, partition, next).await? {
                     positions.remove(&partition);
                 }
             }
@@ -564,6 +563,12 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// The partitions of the tweets topic assigned to this consumer now.
+    fn assigned_partitions(&self) -> Result<Vec<i32>, ConsumerError> {
+        let assignment = self.consumer.assignment()?;
+        Ok(assignment.elements_for_topic(&self.topic).iter().map(|element| element.partition()).collect())
+    }
+
     /// The partition's first and next offsets, if the broker says (it blocks
     /// up to a second: a local round trip, once per partition and check).
     fn watermarks(&self, partition: i32) -> Option<(i64, i64)> {
@@ -575,9 +580,8 @@ impl KafkaSource {
     /// created again); the broker may answer a fetch there with nothing at
     /// all, for ever. Read again from the store, which finds the new log.
     fn check_log_ends(&mut self) {
-        let Ok(assignment) = self.consumer.assignment() else { return };
-        for element in assignment.elements_for_topic(&self.topic) {
-            let partition = element.partition();
+        let Ok(assigned) = self.assigned_partitions() else { return };
+        for partition in assigned {
             let position = self.reading.position(partition);
             if let Some((_, end)) = self.watermarks(partition)
                 && end < position
@@ -593,8 +597,7 @@ impl KafkaSource {
     /// restored or emptied while no message comes would otherwise be noticed
     /// only with the next message (whose batch it refuses).
     async fn check_store_positions(&mut self) {
-        let Ok(assignment) = self.consumer.assignment() else { return };
-        let assigned: Vec<i32> = assignment.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+        let Ok(assigned) = self.assigned_partitions() else { return };
         let stored = match self.store.log_positions(&self.topic).await {
             Ok(stored) => stored,
             Err(error) => return tracing::debug!(%error, "could not read the store's positions"),
@@ -618,10 +621,9 @@ impl KafkaSource {
     /// stalled. It says so, is not ready, and positions itself again from the
     /// store, until messages come.
     fn check_stalled(&mut self) {
-        let Ok(assignment) = self.consumer.assignment() else { return };
+        let Ok(assigned) = self.assigned_partitions() else { return };
         let mut waiting = Vec::new();
-        for element in assignment.elements_for_topic(&self.topic) {
-            let partition = element.partition();
+        for partition in assigned {
             let position = self.reading.position(partition);
             if let Some((low, high)) = self.watermarks(partition)
                 && high > position.max(low)
@@ -657,8 +659,10 @@ impl Reading {
         if let Some(check) = self.verifying.remove(&partition) {
             let expected = check.next - 1;
             // A message whose first id cannot be read (not a clima batch) proves nothing either way.
-            let same_message = offset == expected
-                && (check.last_id.is_empty() || first_id(message).is_empty() || first_id(message) == check.last_id);
+            let same_message = offset == expected && {
+                let found = first_id(message);
+                check.last_id.is_empty() || found.is_empty() || found == check.last_id
+            };
             if offset < expected || (offset == expected && !same_message) {
                 tracing::warn!(
                     partition,
@@ -747,8 +751,4 @@ fn first_id(message: &BorrowedMessage<'_>) -> Vec<u8> {
         .and_then(|record| uuid::Uuid::try_parse(&record.id).ok())
         .map(|id| id.as_bytes().to_vec())
         .unwrap_or_default()
-}
-
-fn store_error(error: clima_store::StoreError) -> ConsumerError {
-    ConsumerError::Store(error)
 }

@@ -316,15 +316,7 @@ fn committed_total(broker: &KafkaConfig, group: &str) -> i64 {
 /// A Valkey of the test's own that refuses every write (`maxmemory` 1 byte,
 /// `noeviction`), as a full store does; killed when dropped.
 async fn full_store() -> (clima_testkit::ServerProcess, CounterStore, redis::aio::MultiplexedConnection) {
-    use clima_testkit::{ServerProcess, free_port, valkey_server_binary};
-    let port = free_port();
-    let server = ServerProcess::start(
-        &valkey_server_binary(),
-        &["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--maxmemory-policy", "noeviction"]
-            .map(str::to_owned),
-        port,
-    );
-    let url = format!("redis://127.0.0.1:{port}");
+    let (server, url) = clima_testkit::valkey_with_policy("noeviction");
     let store = fresh_store(&url).await;
     let mut admin = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
     let () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(1).query_async(&mut admin).await.unwrap();
@@ -597,15 +589,7 @@ async fn a_topic_recreated_while_stopped_and_grown_past_the_old_end_is_counted_f
 #[tokio::test]
 async fn a_store_that_may_evict_makes_the_consumer_not_ready_until_fixed() {
     use clima_telemetry::readiness::Condition;
-    use clima_testkit::{ServerProcess, free_port, valkey_server_binary};
-    let port = free_port();
-    let _valkey = ServerProcess::start(
-        &valkey_server_binary(),
-        &["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--maxmemory-policy", "volatile-lru"]
-            .map(str::to_owned),
-        port,
-    );
-    let url = format!("redis://127.0.0.1:{port}");
+    let (_valkey, url) = clima_testkit::valkey_with_policy("volatile-lru");
     let store = fresh_store(&url).await;
     let health = Readiness::ready();
     let shutdown = CancellationToken::new();

@@ -271,14 +271,7 @@ async fn a_counter_that_is_not_an_integer_fails_the_batch_with_nothing_written()
 /// is: a later `CONFIG SET maxmemory` would start evicting at once.
 #[tokio::test]
 async fn a_store_that_may_evict_is_refused_and_counts_nothing() {
-    use clima_testkit::{ServerProcess, free_port, valkey_server_binary};
-    let port = free_port();
-    let _valkey = ServerProcess::start(
-        &valkey_server_binary(),
-        &args(&["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--maxmemory-policy", "allkeys-lru"]),
-        port,
-    );
-    let url = format!("redis://127.0.0.1:{port}");
+    let (_valkey, url) = clima_testkit::valkey_with_policy("allkeys-lru");
     let keys = KeySchema::new(unique_name("evicting"));
     let store = CounterStore::connect(&url, keys.clone(), Retention::default()).await.unwrap();
     let refused = store.check_never_evicts().await.unwrap_err();

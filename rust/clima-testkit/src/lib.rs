@@ -123,6 +123,15 @@ impl Drop for ServerProcess {
     }
 }
 
+/// A Valkey of the test's own with `maxmemory-policy` `policy` and nothing
+/// kept on disk, and its URL; killed when dropped.
+pub fn valkey_with_policy(policy: &str) -> (ServerProcess, String) {
+    let port = free_port();
+    let args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--maxmemory-policy", policy];
+    let server = ServerProcess::start(&valkey_server_binary(), &args.map(str::to_owned), port);
+    (server, format!("redis://127.0.0.1:{port}"))
+}
+
 /// A throwaway PKI for TLS tests: a CA and certificates it signed, as PEM files
 /// in a fresh directory that is removed on drop.
 pub struct TestPki {
