@@ -134,19 +134,6 @@ def flag_defaults(binary):
             if flag["env"] and flag["default"] is not None}
 
 
-def container_env(docs):
-    """A function giving a container's env: its ConfigMaps, then its own values."""
-    config_maps = {doc["metadata"]["name"]: doc.get("data", {}) for doc in docs if doc["kind"] == "ConfigMap"}
-
-    def env_of(container):
-        env = {}
-        for source in container.get("envFrom", []):
-            env.update(config_maps.get(source.get("configMapRef", {}).get("name"), {}))
-        env.update({item["name"]: item["value"] for item in container.get("env", []) if "value" in item})
-        return env
-    return env_of
-
-
 def clima_container(docs, name):
     for doc in docs:
         if doc["kind"] == "Deployment" and doc["metadata"]["name"] == name:
@@ -155,7 +142,7 @@ def clima_container(docs, name):
 
 
 def check_rules(overlay, docs, binary, versions, dashboards):
-    env_of = container_env(docs)
+    env_of = deploy_rules.container_env(docs)
     defaults = flag_defaults(binary)
     consumer_env = env_of(clima_container(docs, "consumer-kafka"))
     kafka_env = {name: value for name, value in consumer_env.items() if name in ("CLIMA_KAFKA_TOPIC", "CLIMA_KAFKA_GROUP")}
@@ -172,6 +159,8 @@ def check_rules(overlay, docs, binary, versions, dashboards):
         "pinned images": lambda: deploy_rules.pinned_images(docs, versions),
         "cert-manager": lambda: deploy_rules.cert_manager(docs),
         "secure hops": lambda: deploy_rules.secure_hops(overlay, docs),
+        "security claims": lambda: deploy_rules.security_claims(overlay, docs, env_of,
+                                                                (ROOT / "ARCHITECTURE.md").read_text()),
     }
     for name, rule in rules.items():
         problems = rule()

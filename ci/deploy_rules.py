@@ -244,6 +244,20 @@ def rabbitmq(docs):
 # rules_oci 2.x (oci/private/image.sh): setting `entrypoint` clears Cmd unless `cmd` is given.
 # Kubernetes: `command` replaces the Entrypoint; `args` (or `command`) replaces the Cmd.
 
+def container_env(docs):
+    """A function giving a container's env: its ConfigMaps, then its own literal values
+    (not values from Secrets, which a render does not hold)."""
+    config_maps = {doc["metadata"]["name"]: doc.get("data", {}) for doc in docs if doc["kind"] == "ConfigMap"}
+
+    def env_of(container):
+        env = {}
+        for source in container.get("envFrom", []):
+            env.update(config_maps.get(source.get("configMapRef", {}).get("name"), {}))
+        env.update({item["name"]: item["value"] for item in container.get("env", []) if "value" in item})
+        return env
+    return env_of
+
+
 def clima_containers(docs):
     """(Deployment, container) for every container that runs a clima image."""
     for doc in docs:
@@ -536,6 +550,8 @@ def way_in(docs, api_env, defaults):
     API, and applies the API's own body-size and time limits at the edge."""
     body = int(api_env.get("CLIMA_MAX_BODY_BYTES", defaults["CLIMA_MAX_BODY_BYTES"]))
     timeout = _seconds(api_env.get("CLIMA_REQUEST_TIMEOUT", defaults["CLIMA_REQUEST_TIMEOUT"]))
+    # The API closes a keep-alive connection idle this long (hyper's header read timeout).
+    keep_alive = _seconds(api_env.get("CLIMA_HEADER_READ_TIMEOUT", defaults["CLIMA_HEADER_READ_TIMEOUT"]))
     kinds = {}
     for doc in docs:
         kinds.setdefault(doc["kind"], []).append(doc)
@@ -577,6 +593,12 @@ def way_in(docs, api_env, defaults):
         if not limits or any(limit is None or _quantity(limit) != body for limit in limits):  # Envoy: a quantity
             problems.append(f"{where}: no BackendTrafficPolicy requestBuffer.limit equal to the API's body limit "
                             f"{body} bytes (found {limits})")
+        # Envoy keeps an idle upstream connection 1 h by default (timeout_types.go); a request it
+        # sends on one the API is closing at that moment fails. The proxy must give up first.
+        idle = [policy["spec"].get("timeout", {}).get("http", {}).get("connectionIdleTimeout") for policy in buffers]
+        if not idle or any(_seconds(value) is None or _seconds(value) >= keep_alive for value in idle):
+            problems.append(f"{where}: BackendTrafficPolicy timeout.http.connectionIdleTimeout {idle} is not below "
+                            f"the API's keep-alive idle time {keep_alive:g}s (CLIMA_HEADER_READ_TIMEOUT)")
     for gateway in gateways.values():
         received = [policy["spec"].get("timeout", {}).get("http", {}).get("requestReceivedTimeout")
                     for policy in kinds.get("ClientTrafficPolicy", [])
@@ -624,10 +646,27 @@ def grafana(docs, dashboards, versions):
     return problems
 
 
+def _release(tag):
+    """A tag's leading numeric release (`7.4.6-alpine` → (7, 4, 6)), or None."""
+    match = re.match(r"v?(\d+(?:\.\d+)*)", tag)
+    return tuple(int(part) for part in match.group(1).split(".")) if match else None
+
+
 def pinned_images(docs, versions):
-    """Third-party images are the ones k8s/versions.yaml pins."""
+    """Third-party images are the ones k8s/versions.yaml pins, and no pin is older
+    than a release of its line that fixes a known CVE (versions.yaml `advisories`)."""
     pinned = set(versions["images"].values())
     problems = []
+    for name, advisory in versions.get("advisories", {}).items():
+        image = versions["images"].get(name)
+        if image is None or not advisory.get("source", "").startswith("https://"):
+            problems.append(f"k8s/versions.yaml advisories.{name}: no pinned image of that name, or no https source")
+            continue
+        release = _release(image.rsplit(":", 1)[-1])
+        for fixed, cves in advisory.get("fixed_in", {}).items():
+            fixed = _release(str(fixed))
+            if release is None or (release[:2] == fixed[:2] and release < fixed):
+                problems.append(f"{image}: older than {'.'.join(map(str, fixed))}, which fixes {', '.join(cves)}")
     for doc in docs:
         pod = doc.get("spec", {}).get("template", {}).get("spec", {})
         for container in pod.get("initContainers", []) + pod.get("containers", []):
@@ -791,6 +830,75 @@ def secure_hops(overlay, docs):
             if probe and probe.get("port") == "http" and literal.get("CLIMA_DASHBOARD_TLS_CERT") and \
                     probe.get("scheme") != "HTTPS":
                 problems.append(f"dashboard: {probe_name} speaks HTTP to a TLS port")
+    return problems
+
+
+# --- What the prod overlay protects: the table in ARCHITECTURE.md "Security", row by row,
+# against the rendered overlay ---------------------------------------------------------
+
+def _security_facts(docs, env_of):
+    """Each protection of the security table, as the render has it: {protection: on?}."""
+    pods = {doc["metadata"]["name"]: doc["spec"]["template"]["spec"]["containers"][0]
+            for doc in docs if doc["kind"] in ("Deployment", "StatefulSet")}
+
+    def names(pod):  # every variable a pod's first container sets, from a value, a Secret or a ConfigMap
+        container = pods.get(pod, {})
+        return set(env_of(container)) | {item["name"] for item in container.get("env", [])}
+
+    def value(pod, name):
+        return env_of(pods.get(pod, {})).get(name, "")
+
+    def all_of(pods_, test):
+        return bool(pods_) and all(test(pod) for pod in pods_)
+
+    writers = [pod for pod in ("writer-kafka", "writer-rabbitmq") if pod in pods]
+    kafka = [pod for pod in ("writer-kafka", "consumer-kafka") if pod in pods]
+    rabbitmq = [pod for pod in ("writer-rabbitmq", "consumer-rabbitmq") if pod in pods]
+    store_urls = [(pod, name) for pod, name in (("consumer-kafka", "CLIMA_STORE_URL"),
+                                                 ("consumer-rabbitmq", "CLIMA_STORE_URL"),
+                                                 ("dashboard", "CLIMA_REDIS_URL"), ("dashboard", "CLIMA_VALKEY_URL"))
+                  if pod in pods]
+    kafka_options = {pod: dict(item.split("=", 1) for item in value(pod, "CLIMA_KAFKA_OPTIONS").split(",") if "=" in item)
+                     for pod in kafka}
+    return {
+        "HTTPS at the edge": any(listener.get("protocol") == "HTTPS" for doc in docs if doc["kind"] == "Gateway"
+                                 for listener in doc["spec"].get("listeners", []))
+        or any(doc["spec"].get("tls") for doc in docs if doc["kind"] == "Ingress"),
+        "API key on POST /input": bool({"CLIMA_API_KEY", "CLIMA_API_KEY_FILE"} & names("api")),
+        "mutual TLS, API to writers": all_of(writers, lambda pod: "CLIMA_WRITER_TLS_CLIENT_CA" in names(pod))
+        and "CLIMA_WRITER_TLS_CLIENT_CERT" in names("api"),
+        "API key, API to writers": all_of(writers, lambda pod: "CLIMA_WRITER_API_KEY" in names(pod)),
+        "TLS on the dashboard": "CLIMA_DASHBOARD_TLS_CERT" in names("dashboard"),
+        "API key on the dashboard": "CLIMA_DASHBOARD_API_KEY" in names("dashboard"),
+        "passwords to Kafka": all_of(kafka, lambda pod: kafka_options[pod].get("sasl.mechanism", "").startswith("SCRAM")),
+        "TLS to Kafka": all_of(kafka, lambda pod: kafka_options[pod].get("security.protocol") in ("SSL", "SASL_SSL")),
+        "passwords to RabbitMQ": all_of(rabbitmq, lambda pod: re.match(r"amqps?://(?!guest:)[^:@/]+:[^@/]+@",
+                                                                         value(pod, "CLIMA_AMQP_URL")) is not None),
+        "TLS to RabbitMQ": all_of(rabbitmq, lambda pod: value(pod, "CLIMA_AMQP_URL").startswith("amqps://")),
+        "passwords to Redis and Valkey": all_of(store_urls, lambda url: re.match(r"rediss?://[^@/]*:[^@/]+@",
+                                                                                 value(*url)) is not None),
+        "TLS to Redis and Valkey": all_of(store_urls, lambda url: value(*url).startswith("rediss://")),
+        "default-deny NetworkPolicy": any(doc["kind"] == "NetworkPolicy" and not doc["spec"].get("podSelector")
+                                          and "Ingress" in doc["spec"].get("policyTypes", []) for doc in docs),
+    }
+
+
+def security_claims(overlay, docs, env_of, architecture):
+    """Every row of ARCHITECTURE.md's "What the prod overlay protects" table says
+    on or off as the rendered prod overlay has it, and every protection has a row."""
+    if not overlay.startswith("prod"):
+        return []
+    section = architecture.split("### What the prod overlay protects", 1)[-1].split("\n#", 1)[0]
+    claims = {}
+    for cells in (line.strip().strip("|").split("|") for line in section.splitlines() if line.startswith("| ")):
+        if len(cells) >= 2 and cells[1].strip() in ("on", "off"):
+            claims[cells[0].strip()] = cells[1].strip() == "on"
+    facts = _security_facts(docs, env_of)
+    problems = [f"ARCHITECTURE.md says {name!r} is {'on' if claims[name] else 'off'} in prod; the render has it "
+                f"{'on' if on else 'off'}" for name, on in facts.items() if name in claims and claims[name] != on]
+    problems += [f"ARCHITECTURE.md's prod security table has no row {name!r}" for name in facts if name not in claims]
+    problems += [f"ARCHITECTURE.md's prod security table row {name!r} is no protection this rule knows"
+                 for name in claims if name not in facts]
     return problems
 
 

@@ -1,0 +1,5 @@
+"""The rules under test live in ci/, beside this folder."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
