@@ -26,9 +26,26 @@ API_PORT=${API_PORT:-8080}
 KAFKA_WRITER_PORT=${KAFKA_WRITER_PORT:-50051}
 RABBITMQ_WRITER_PORT=${RABBITMQ_WRITER_PORT:-50052}
 DASHBOARD_PORT=${DASHBOARD_PORT:-8090}
-# Admin servers (/metrics, /healthz): api, kafka writer, rabbitmq writer, kafka
-# consumer, rabbitmq consumer, dashboard: ADMIN_PORT_BASE + 0 … 5.
+# Admin servers (/metrics, /healthz, /readyz): api, kafka writer, rabbitmq
+# writer, kafka consumer, rabbitmq consumer, dashboard: ADMIN_PORT_BASE + 0 … 5;
+# extra consumer replicas (ci/faults replicas): consumer-kafka-N + 10 + N,
+# consumer-rabbitmq-N + 20 + N.
 ADMIN_PORT_BASE=${ADMIN_PORT_BASE:-9100}
+
+# admin_port SERVICE: the port of that service's admin server.
+admin_port() {
+  case $1 in
+    api) echo "$ADMIN_PORT_BASE" ;;
+    writer-kafka) echo $((ADMIN_PORT_BASE + 1)) ;;
+    writer-rabbitmq) echo $((ADMIN_PORT_BASE + 2)) ;;
+    consumer-kafka) echo $((ADMIN_PORT_BASE + 3)) ;;
+    consumer-rabbitmq) echo $((ADMIN_PORT_BASE + 4)) ;;
+    dashboard) echo $((ADMIN_PORT_BASE + 5)) ;;
+    consumer-kafka-[0-9]) echo $((ADMIN_PORT_BASE + 10 + ${1##*-})) ;;
+    consumer-rabbitmq-[0-9]) echo $((ADMIN_PORT_BASE + 20 + ${1##*-})) ;;
+    *) die "no admin port for $1" ;;
+  esac
+}
 
 TANSU_VERSION=0.6.0
 # Where tansu keeps its sqlite database (ci/bench points it at a scratch folder).
@@ -98,6 +115,15 @@ stop_daemon() {
   rm -f "$pidfile"
 }
 
+# replicas: the extra consumer replicas running now (ci/faults replicas starts them).
+replicas() {
+  local pidfile
+  for pidfile in "$CLIMA_STATE"/pids/consumer-*-[0-9].pid; do
+    [[ -e $pidfile ]] && basename "$pidfile" .pid
+  done
+  return 0
+}
+
 mapfile -t CLIMA_SERVICES < <(grep -v -e "^#" -e "^$" "$CLIMA_ROOT/ci/services")
 
 # ensure_port_free PORT NAME: fails if something other than NAME holds PORT.
@@ -137,22 +163,23 @@ start_service() {
   export CLIMA_LOG_FORMAT=${CLIMA_LOG_FORMAT:-json}
   export CLIMA_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
   export CLIMA_AMQP_URL=${CLIMA_AMQP_URL:-amqp://guest:guest@127.0.0.1:$RABBITMQ_PORT/%2f}
+  local admin
+  admin=--admin-listen=127.0.0.1:$(admin_port "$1")
   case $1 in
-    api) start_daemon api "$CLIMA_BIN" api --listen "127.0.0.1:$API_PORT" "--admin-listen=127.0.0.1:$ADMIN_PORT_BASE" \
+    api) start_daemon api "$CLIMA_BIN" api --listen "127.0.0.1:$API_PORT" "$admin" \
       --writer "http://127.0.0.1:$KAFKA_WRITER_PORT" --writer "http://127.0.0.1:$RABBITMQ_WRITER_PORT" ;;
     # tansu 0.6's sqlite engine panics on an idempotent producer's first produce
     # after a broker restart (tansu-storage lite.rs "more or less than one row")
     # and then fails every request: the local stack runs without idempotence.
     writer-kafka) CLIMA_KAFKA_IDEMPOTENCE=${CLIMA_KAFKA_IDEMPOTENCE:-false} start_daemon writer-kafka "$CLIMA_BIN" writer kafka \
-      --listen "127.0.0.1:$KAFKA_WRITER_PORT" "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 1))" ;;
+      --listen "127.0.0.1:$KAFKA_WRITER_PORT" "$admin" ;;
     writer-rabbitmq) start_daemon writer-rabbitmq "$CLIMA_BIN" writer rabbitmq \
-      --listen "127.0.0.1:$RABBITMQ_WRITER_PORT" "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 2))" ;;
-    consumer-kafka) start_daemon consumer-kafka "$CLIMA_BIN" consumer kafka \
-      --store-url "redis://127.0.0.1:$REDIS_PORT" "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 3))" ;;
-    consumer-rabbitmq) start_daemon consumer-rabbitmq "$CLIMA_BIN" consumer rabbitmq \
-      --store-url "redis://127.0.0.1:$VALKEY_PORT" "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 4))" ;;
-    dashboard) start_daemon dashboard "$CLIMA_BIN" dashboard --listen "127.0.0.1:$DASHBOARD_PORT" \
-      "--admin-listen=127.0.0.1:$((ADMIN_PORT_BASE + 5))" \
+      --listen "127.0.0.1:$RABBITMQ_WRITER_PORT" "$admin" ;;
+    consumer-kafka | consumer-kafka-[0-9]) start_daemon "$1" "$CLIMA_BIN" consumer kafka \
+      --store-url "redis://127.0.0.1:$REDIS_PORT" "$admin" ;;
+    consumer-rabbitmq | consumer-rabbitmq-[0-9]) start_daemon "$1" "$CLIMA_BIN" consumer rabbitmq \
+      --store-url "redis://127.0.0.1:$VALKEY_PORT" "$admin" ;;
+    dashboard) start_daemon dashboard "$CLIMA_BIN" dashboard --listen "127.0.0.1:$DASHBOARD_PORT" "$admin" \
       --redis-url "redis://127.0.0.1:$REDIS_PORT" --valkey-url "redis://127.0.0.1:$VALKEY_PORT" ;;
     *) die "unknown service $1" ;;
   esac
