@@ -100,18 +100,6 @@ def check_dashboards():
             print(f"ok   {path.name}: {len(dashboard['panels'])} panels, datasources {sorted(u for u, _ in used)}")
 
 
-_spec = {}
-
-
-def cli_spec(binary):
-    """Every clima command's long flags with their env var and default, from `clima cli-spec`
-    (the binary walks its own clap definition; nothing parses --help)."""
-    if binary not in _spec:
-        text = subprocess.run([binary, "cli-spec"], capture_output=True, text=True, check=True).stdout
-        _spec[binary] = json.loads(text)
-    return _spec[binary]
-
-
 def command_path(args):
     """The command a container's args run: its leading words (`writer kafka`)."""
     words = []
@@ -124,14 +112,8 @@ def command_path(args):
 
 def accepted(binary, path):
     """The long flags and env vars of `clima PATH`."""
-    flags = cli_spec(binary).get(path, {})
+    flags = deploy_rules.cli_spec(binary).get(path, {})
     return set(flags), {flag["env"] for flag in flags.values() if flag["env"]}
-
-
-def flag_defaults(binary):
-    """Each flag's default by env var, over every command."""
-    return {flag["env"]: flag["default"] for flags in cli_spec(binary).values() for flag in flags.values()
-            if flag["env"] and flag["default"] is not None}
 
 
 def clima_container(docs, name):
@@ -143,7 +125,7 @@ def clima_container(docs, name):
 
 def check_rules(overlay, docs, binary, versions, dashboards):
     env_of = deploy_rules.container_env(docs)
-    defaults = flag_defaults(binary)
+    defaults = deploy_rules.flag_defaults(binary)
     consumer_env = env_of(clima_container(docs, "consumer-kafka"))
     kafka_env = {name: value for name, value in consumer_env.items() if name in ("CLIMA_KAFKA_TOPIC", "CLIMA_KAFKA_GROUP")}
     rules = {
@@ -178,7 +160,7 @@ def check_clima_containers(overlay, docs, binary):
         where = f"{overlay}: {doc['metadata']['name']}"
         args = container.get("args", [])
         subcommand = command_path(args)
-        if subcommand not in cli_spec(binary):
+        if subcommand not in deploy_rules.cli_spec(binary):
             fail(f"{where}: clima has no command {subcommand!r}")
             continue
         flags, envs = accepted(binary, subcommand)

@@ -258,6 +258,24 @@ def container_env(docs):
     return env_of
 
 
+_spec = {}
+
+
+def cli_spec(binary):
+    """Every clima command's long flags with their env var and default, from `clima cli-spec`
+    (the binary walks its own clap definition; nothing parses --help)."""
+    if binary not in _spec:
+        text = subprocess.run([binary, "cli-spec"], capture_output=True, text=True, check=True).stdout
+        _spec[binary] = json.loads(text)
+    return _spec[binary]
+
+
+def flag_defaults(binary):
+    """Each flag's default by env var, over every command."""
+    return {flag["env"]: flag["default"] for flags in cli_spec(binary).values() for flag in flags.values()
+            if flag["env"] and flag["default"] is not None}
+
+
 def clima_containers(docs):
     """(Deployment, container) for every container that runs a clima image."""
     for doc in docs:
@@ -396,10 +414,15 @@ RECORD_BYTES = 1536
 GRPC_MAX_MESSAGE = 4 * MIB
 # librdkafka defaults: queued.max.messages.kbytes (KiB) and fetch.max.bytes.
 RDKAFKA_DEFAULTS = {"queued.max.messages.kbytes": 65536, "fetch.max.bytes": 52428800}
-# One open HTTP/1 connection: hyper's read and write buffers and the task.
-CONNECTION_BYTES = 16 * 1024
-# Everything of a record in memory but its description, whose bytes came in the body.
-RECORD_OVERHEAD = RECORD_BYTES - 280 * 4
+# Measured by ci/bench-memory on 2026-12-07 (ARCHITECTURE.md "Memory under hostile
+# bodies"), with the prod overlay's API limits:
+# - one keep-alive connection idle after a request: 34 KiB (1,024 took the API from
+#   20.2 to 55.0 MiB): hyper's buffers, the connection's task and its timers;
+CONNECTION_BYTES = 36 * 1024
+# - one admitted request of the worst shape (a body full of valid tweets: the body,
+#   the decoded records and the batches built from them): RSS grew by 2.8 × the
+#   bytes of the bodies in flight, 16 at once. The bound is 3 ×.
+REQUEST_BODY_FACTOR = 3
 
 
 _K8S_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
@@ -430,11 +453,9 @@ def worst_case_bytes(role, env, api_env, api_replicas, writers, defaults):
         batch_tweets = min(batch_tweets, flag("CLIMA_WRITER_MAX_RECORDS"))
     batch = batch_tweets * RECORD_BYTES
     if role == "api":
-        # Every admitted request: its body, the decoded tweets and their records
-        # (whose descriptions are at most the body's bytes); plus each batch in
+        # Every admitted request at its worst shape, measured; plus each batch in
         # flight, copied once per writer call.
-        body, tweets = flag("CLIMA_MAX_BODY_BYTES"), flag("CLIMA_MAX_TWEETS")
-        per_request = 2 * body + min(tweets * RECORD_BYTES, tweets * RECORD_OVERHEAD + body)
+        per_request = REQUEST_BODY_FACTOR * flag("CLIMA_MAX_BODY_BYTES")
         return BASE_BYTES + flag("CLIMA_MAX_CONCURRENT_REQUESTS") * per_request + \
             flag("CLIMA_MAX_CONNECTIONS") * CONNECTION_BYTES + flag("CLIMA_BATCH_IN_FLIGHT") * batch * writers
     if role == "writer":
