@@ -7,13 +7,16 @@
 //! `OTEL_TRACES_SAMPLER_ARG` says. [`IngressSampler`] ignores a remote
 //! parent's flag unless the operator trusts its callers
 //! (`clima api --trust-client-sampling`); the span still joins the caller's
-//! trace, only the decision is clima's own.
+//! trace, only the decision is clima's own. Nor may the caller steer it
+//! through its trace id: the ratio sampler compares the id's low 64 bits with
+//! the ratio, so ids whose low half is zero would always be sampled. For an
+//! untrusted parent the configured sampler decides on a random id instead.
 
 use opentelemetry::{
     Context, KeyValue,
     trace::{Link, SpanKind, TraceContextExt, TraceId},
 };
-use opentelemetry_sdk::trace::{SamplingResult, ShouldSample};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SamplingResult, ShouldSample};
 
 /// Wraps the sampler configured by `OTEL_TRACES_SAMPLER`.
 #[derive(Debug, Clone)]
@@ -43,10 +46,11 @@ impl ShouldSample for IngressSampler {
             .filter(|parent| parent.is_valid() && parent.is_remote());
         match remote_parent {
             Some(parent) if !self.trust_remote_parent => {
-                // Decide as for a new trace (a ratio sampler looks at the
-                // trace id, which stays the caller's), and keep the caller's
-                // tracestate, which the spec says to pass on.
-                let mut result = self.configured.should_sample(None, trace_id, name, span_kind, attributes, links);
+                // Decide as for a new trace, on an id of our own drawing (the
+                // span keeps the caller's), and keep the caller's tracestate,
+                // which the spec says to pass on.
+                let drawn = RandomIdGenerator::default().new_trace_id();
+                let mut result = self.configured.should_sample(None, drawn, name, span_kind, attributes, links);
                 result.trace_state = parent.trace_state().clone();
                 result
             }
@@ -97,6 +101,33 @@ mod tests {
         let sampler = never_on_its_own(true);
         assert_eq!(decide(&sampler, Some(remote(true))), SamplingDecision::RecordAndSample);
         assert_eq!(decide(&sampler, Some(remote(false))), SamplingDecision::Drop);
+    }
+
+    /// The ratio sampler samples every id whose low 64 bits are below
+    /// ratio × 2^64: a caller that picks ids with a zero low half would be
+    /// traced every time, at any ratio.
+    #[test]
+    fn an_untrusted_caller_cannot_steer_sampling_with_its_trace_id() {
+        let configured = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.01)));
+        let untrusted = IngressSampler::new(Box::new(configured), false);
+        let chosen = TraceId::from_hex("4bf92f3577b34da60000000000000000").unwrap();
+        let parent = SpanContext::new(
+            chosen,
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::default(),
+            true,
+            TraceState::default(),
+        );
+        let context = Context::new().with_remote_span_context(parent);
+        let sampled = (0..1000)
+            .filter(|_| {
+                let result =
+                    untrusted.should_sample(Some(&context), chosen, "POST /input", &SpanKind::Server, &[], &[]);
+                result.decision == SamplingDecision::RecordAndSample
+            })
+            .count();
+        // Binomial(1000, 0.01): mean 10, standard deviation 3.1.
+        assert!(sampled <= 40, "{sampled} of 1000 requests with a chosen trace id were sampled at 1 %");
     }
 
     #[test]
