@@ -414,7 +414,8 @@ async fn a_replay_by_a_new_group_after_the_dedupe_window_counts_nothing_twice() 
         }
     };
     assert_counts(&consume_as(unique_name("group"), 5).await);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let counted_at = clima_testkit::store_clock(&redis_url()).await;
+    clima_testkit::until_store_clock_passes(&redis_url(), counted_at, Duration::from_millis(2500)).await;
 
     // A new tweet, then a group that has never committed: it starts at the earliest offset.
     sink.publish(&[record("CA", Weather::Nublado)]).await.unwrap();
@@ -673,13 +674,6 @@ async fn publish_to_partition(broker: &KafkaConfig, partition: i32, records: &[T
     producer.send(message, Duration::from_secs(10)).await.unwrap();
 }
 
-/// The store's clock, in seconds: the dedupe window runs on it.
-async fn store_time(url: &str) -> f64 {
-    let mut connection = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut connection).await.unwrap();
-    seconds as f64 + micros as f64 / 1e6
-}
-
 /// A client's retry is a new request, and its copy of a tweet id goes to
 /// whatever partition its batch lands on. All the store ever sees of a
 /// partition held back by L is that the copy on it is counted L later than
@@ -709,12 +703,8 @@ async fn a_retry_on_a_partition_held_back_past_the_dedupe_window_is_counted_agai
     let late = record("MX", Weather::Soleado);
     publish_to_partition(&broker, 1, std::slice::from_ref(&late)).await;
     assert_eq!(caught_up(&store, &broker.topic, 3).await.total, 2);
-    let counted_at = store_time(&redis_url()).await;
-    let passed = clima_testkit::eventually(Duration::from_secs(30), || async {
-        (store_time(&redis_url()).await > counted_at + 2.0 * WINDOW.as_secs_f64() + 0.5).then_some(())
-    })
-    .await;
-    assert!(passed.is_some(), "the store's clock did not move 2W on");
+    let counted_at = clima_testkit::store_clock(&redis_url()).await;
+    clima_testkit::until_store_clock_passes(&redis_url(), counted_at, 2 * WINDOW + Duration::from_millis(500)).await;
     publish_to_partition(&broker, 0, &[late]).await;
     let counts = caught_up(&store, &broker.topic, 4).await;
     assert_eq!((counts.total, counts.by_country["MX"]), (3, 2), "a copy held back past 2W counts again");

@@ -208,7 +208,8 @@ async fn a_redelivered_message_counts_nothing_however_late() {
     let delivered =
         [Delivered { message_id: Some("message-1".into()), records: 2 }, Delivered { message_id: None, records: 1 }];
     assert_eq!(store.count_delivered(&batch, &delivered).await.unwrap(), 3);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let counted_at = clima_testkit::store_clock(&valkey_url()).await;
+    clima_testkit::until_store_clock_passes(&valkey_url(), counted_at, Duration::from_millis(2500)).await;
 
     // The redelivery, after two dedupe windows: the message with an id is
     // skipped whole; the one without (an old publisher) is counted again.
@@ -230,7 +231,8 @@ async fn a_retry_within_the_window_counts_once_across_generations() {
     let batch: Vec<_> = (0..200).map(|_| record("PE", Weather::Soleado)).collect();
     assert_eq!(store.count_batch(&batch).await.unwrap(), 200);
     // Crosses into the next generation (the window is 2 s) but stays within one window.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let counted_at = clima_testkit::store_clock(&redis_url()).await;
+    clima_testkit::until_store_clock_passes(&redis_url(), counted_at, Duration::from_millis(1500)).await;
     assert_eq!(store.count_batch(&batch).await.unwrap(), 0);
 }
 

@@ -75,6 +75,24 @@ where
     }
 }
 
+/// The clock of the Redis or Valkey at `url`, in seconds: the dedupe window
+/// runs on it, so a test that needs a window to pass waits on it.
+pub async fn store_clock(url: &str) -> f64 {
+    let mut connection = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut connection).await.unwrap();
+    seconds as f64 + micros as f64 / 1e6
+}
+
+/// Waits until the clock of the store at `url` reads `by` seconds later than
+/// `since` (a [`store_clock`] reading); panics after a minute.
+pub async fn until_store_clock_passes(url: &str, since: f64, by: std::time::Duration) {
+    let passed = eventually(std::time::Duration::from_secs(60), || async {
+        (store_clock(url).await >= since + by.as_secs_f64()).then_some(())
+    })
+    .await;
+    assert!(passed.is_some(), "the store's clock did not move {by:?} on in a minute");
+}
+
 /// Shows the logs of the code under test when `TEST_LOG` is set: its value
 /// is a tracing filter (`TEST_LOG=debug`, `TEST_LOG=clima_consumer=trace`),
 /// and `TEST_LOG=1` means `info`. Unset, tests stay quiet. Logs go through

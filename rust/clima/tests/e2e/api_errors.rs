@@ -126,8 +126,8 @@ async fn an_api_key_from_a_file_guards_input_but_not_the_probes() {
             format!("http://{}", stack.rabbitmq_writer),
         ])
     };
+    // The listener is bound: connections wait in its backlog until serve accepts them.
     tokio::spawn(clima_api::serve(listener, config, std::future::pending()));
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
     let client = reqwest::Client::new();
     let url = format!("http://{api}/input");

@@ -174,10 +174,19 @@ async fn every_service_exposes_metrics_that_move_by_the_amount_sent() {
         assert_eq!(metric(&writer, "grpc_server_requests_total", &published), 4.0);
         assert_eq!(metric(&writer, "clima_publish_duration_seconds_count", &[("broker", broker)]), 4.0);
     }
-    // Consumers count asynchronously of the stores' reads: give the last batch's metrics a moment.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     for (source, store) in [("kafka", "redis"), ("rabbitmq", "valkey")] {
-        let consumer = stack.metrics(&format!("clima-consumer-{source}")).await;
+        // A consumer records its metrics after the store's write the counts
+        // came from: wait until it has recorded the last batch.
+        let service = format!("clima-consumer-{source}");
+        let recorded = clima_testkit::eventually(Duration::from_secs(10), || async {
+            let consumer = stack.metrics(&service).await;
+            let counted = metric(&consumer, "clima_counted_tweets_total", &[("source", source), ("store", store)]);
+            (counted >= 10.0).then_some(consumer)
+        });
+        let consumer = match recorded.await {
+            Some(consumer) => consumer,
+            None => stack.metrics(&service).await,
+        };
         // Four requests one after another: four writer calls, so four broker messages.
         assert_eq!(metric(&consumer, "clima_consumed_messages_total", &[("source", source)]), 4.0, "{consumer}");
         assert_eq!(metric(&consumer, "clima_consumed_tweets_total", &[("source", source)]), 10.0, "{consumer}");
