@@ -419,10 +419,11 @@ RDKAFKA_DEFAULTS = {"queued.max.messages.kbytes": 65536, "fetch.max.bytes": 5242
 # - one keep-alive connection idle after a request: 34 KiB (1,024 took the API from
 #   20.2 to 55.0 MiB): hyper's buffers, the connection's task and its timers;
 CONNECTION_BYTES = 36 * 1024
-# - one admitted request of the worst shape (a body full of valid tweets: the body,
-#   the decoded records and the batches built from them): RSS grew by 2.8 × the
-#   bytes of the bodies in flight, 16 at once. The bound is 3 ×.
-REQUEST_BODY_FACTOR = 3
+# - one admitted request of the worst shape (a body full of valid tweets: the
+#   decoded records, the batch built from them, its copy and encoding per writer
+#   call), on a fresh API holding every other connection it admits: RSS grew by
+#   3.49 × the bytes of the bodies in flight, 16 at once.
+REQUEST_BODY_FACTOR = 3.5
 
 
 _K8S_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
@@ -455,7 +456,7 @@ def worst_case_bytes(role, env, api_env, api_replicas, writers, defaults):
     if role == "api":
         # Every admitted request at its worst shape, measured; plus each batch in
         # flight, copied once per writer call.
-        per_request = REQUEST_BODY_FACTOR * flag("CLIMA_MAX_BODY_BYTES")
+        per_request = int(REQUEST_BODY_FACTOR * flag("CLIMA_MAX_BODY_BYTES"))
         return BASE_BYTES + flag("CLIMA_MAX_CONCURRENT_REQUESTS") * per_request + \
             flag("CLIMA_MAX_CONNECTIONS") * CONNECTION_BYTES + flag("CLIMA_BATCH_IN_FLIGHT") * batch * writers
     if role == "writer":
@@ -887,7 +888,8 @@ def _security_facts(docs, env_of):
         or any(doc["spec"].get("tls") for doc in docs if doc["kind"] == "Ingress"),
         "API key on POST /input": bool({"CLIMA_API_KEY", "CLIMA_API_KEY_FILE"} & names("api")),
         "mutual TLS, API to writers": all_of(writers, lambda pod: "CLIMA_WRITER_TLS_CLIENT_CA" in names(pod))
-        and "CLIMA_WRITER_TLS_CLIENT_CERT" in names("api"),
+        and "CLIMA_WRITER_TLS_CLIENT_CERT" in names("api")
+        and all(endpoint.startswith("https://") for endpoint in value("api", "CLIMA_WRITERS").split(",")),
         "API key, API to writers": all_of(writers, lambda pod: "CLIMA_WRITER_API_KEY" in names(pod)),
         "TLS on the dashboard": "CLIMA_DASHBOARD_TLS_CERT" in names("dashboard"),
         "API key on the dashboard": "CLIMA_DASHBOARD_API_KEY" in names("dashboard"),

@@ -28,8 +28,8 @@ RABBITMQ_WRITER_PORT=${RABBITMQ_WRITER_PORT:-50052}
 DASHBOARD_PORT=${DASHBOARD_PORT:-8090}
 # Admin servers (/metrics, /healthz, /readyz): api, kafka writer, rabbitmq
 # writer, kafka consumer, rabbitmq consumer, dashboard: ADMIN_PORT_BASE + 0 … 5;
-# extra consumer replicas (ci/faults replicas): consumer-kafka-N + 10 + N,
-# consumer-rabbitmq-N + 20 + N.
+# extra consumer replicas (ci/faults replicas): consumer-kafka-N + 60 + N,
+# consumer-rabbitmq-N + 70 + N (ci/experiments' own APIs and writers use + 20 … 32).
 ADMIN_PORT_BASE=${ADMIN_PORT_BASE:-9100}
 
 # admin_port SERVICE: the port of that service's admin server.
@@ -41,8 +41,8 @@ admin_port() {
     consumer-kafka) echo $((ADMIN_PORT_BASE + 3)) ;;
     consumer-rabbitmq) echo $((ADMIN_PORT_BASE + 4)) ;;
     dashboard) echo $((ADMIN_PORT_BASE + 5)) ;;
-    consumer-kafka-[0-9]) echo $((ADMIN_PORT_BASE + 10 + ${1##*-})) ;;
-    consumer-rabbitmq-[0-9]) echo $((ADMIN_PORT_BASE + 20 + ${1##*-})) ;;
+    consumer-kafka-[0-9]) echo $((ADMIN_PORT_BASE + 60 + ${1##*-})) ;;
+    consumer-rabbitmq-[0-9]) echo $((ADMIN_PORT_BASE + 70 + ${1##*-})) ;;
     *) die "no admin port for $1" ;;
   esac
 }

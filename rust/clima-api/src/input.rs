@@ -56,6 +56,9 @@ async fn accept_input(state: &AppState, request: Request) -> Result<Vec<String>,
     let decoding = Instant::now();
     api_request_stage(ApiStage::Body, decoding - started);
     let Decoded { inputs, array } = decode(&body, state.config.max_tweets)?;
+    // The tweets own their text now: the body goes before the records are
+    // built and held through the publish, so a request never holds both.
+    drop(body);
     let mut records = accept(inputs, array, idempotency_key.as_deref())?;
     let span = tracing::Span::current();
     span.record("clima.tweets", records.len());
