@@ -651,9 +651,11 @@ impl Reading {
 
     /// Whether `message` continues its partition's log as the store counted
     /// it. A partition just positioned by [`Self::realign`] must start with
-    /// the message the store counted last; one that goes back without a seek
-    /// of ours had its log replaced under it. Either way the message is
-    /// dropped and the partition read again from the store.
+    /// the message the store counted last: another message at that offset
+    /// means a replaced log. A message below it, or one that goes back without
+    /// a seek of ours, is dropped and the partition read again from the store,
+    /// whose watermark check decides whether the log was replaced (a single
+    /// early message, maybe fetched before the assignment, never does).
     fn in_sequence(&mut self, message: &BorrowedMessage<'_>) -> bool {
         let (partition, offset) = (message.partition(), message.offset());
         if let Some(check) = self.verifying.remove(&partition) {
@@ -663,7 +665,22 @@ impl Reading {
                 let found = first_id(message);
                 check.last_id.is_empty() || found.is_empty() || found == check.last_id
             };
-            if offset < expected || (offset == expected && !same_message) {
+            if offset < expected {
+                // Below the message the store counted last: a message fetched
+                // before this assignment took effect (a new group starts at the
+                // log's start), or a log that no longer reaches it. Only the
+                // broker's watermarks tell which, and realign reads them: a
+                // stored offset past the log's end is a replaced log.
+                tracing::info!(
+                    partition,
+                    offset,
+                    expected,
+                    "a message from before the store's position; reading again from it"
+                );
+                self.needs_realign = true;
+                return false;
+            }
+            if offset == expected && !same_message {
                 tracing::warn!(
                     partition,
                     stored_next = check.next,
