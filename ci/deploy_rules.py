@@ -244,6 +244,12 @@ def rabbitmq(docs):
 # rules_oci 2.x (oci/private/image.sh): setting `entrypoint` clears Cmd unless `cmd` is given.
 # Kubernetes: `command` replaces the Entrypoint; `args` (or `command`) replaces the Cmd.
 
+def render(overlay_dir):
+    """The objects `kubectl kustomize` renders from an overlay folder (fails loudly if it cannot)."""
+    out = subprocess.run(["kubectl", "kustomize", str(overlay_dir)], check=True, capture_output=True, text=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
 def container_env(docs):
     """A function giving a container's env: its ConfigMaps, then its own literal values
     (not values from Secrets, which a render does not hold)."""

@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 import deploy_rules
 
 ROOT = Path(os.environ.get("CLIMA_ROOT", Path(__file__).resolve().parent.parent))
@@ -33,9 +31,7 @@ IDLE_CONNECTIONS = 1024
 
 def prod_api():
     """The prod overlay's api container: its literal env and its memory limit in bytes."""
-    render = subprocess.run(["kubectl", "kustomize", str(ROOT / "k8s/overlays/prod")],
-                            capture_output=True, text=True, check=True).stdout
-    docs = [doc for doc in yaml.safe_load_all(render) if doc]
+    docs = deploy_rules.render(ROOT / "k8s/overlays/prod")
     api = next(doc for doc in docs if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "api")
     container = api["spec"]["template"]["spec"]["containers"][0]
     env = deploy_rules.container_env(docs)(container)

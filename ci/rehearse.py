@@ -40,8 +40,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import yaml
-
 import deploy_rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,9 +65,7 @@ def free_port():
 
 
 def render(overlay):
-    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "k8s/overlays" / overlay)], check=True,
-                         capture_output=True, text=True).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
+    return deploy_rules.render(ROOT / "k8s/overlays" / overlay)
 
 
 def expand(value, env):
