@@ -22,4 +22,7 @@ pub enum BrokerError {
     /// The AMQP connection or channel failed, or a declaration was refused.
     #[error("rabbitmq: {0}")]
     RabbitMq(#[from] lapin::Error),
+    /// The AMQP URL names no node.
+    #[error("rabbitmq: the AMQP URL names no node")]
+    NoRabbitMqNode,
 }

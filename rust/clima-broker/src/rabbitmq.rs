@@ -1,5 +1,7 @@
 //! RabbitMQ: a durable direct exchange routing to one durable queue.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use lapin::{
     Channel, Connection, ConnectionProperties, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
@@ -32,7 +34,8 @@ pub const DEFAULT_QUEUE: &str = "tweets-clima";
 /// `clima` binary's `--amqp-url` and `--rabbitmq-*` flags).
 #[derive(Debug, Clone)]
 pub struct RabbitMqConfig {
-    /// AMQP 0.9.1 URL, credentials included.
+    /// AMQP 0.9.1 URL, credentials included; several, comma separated, are
+    /// the nodes of one cluster (see [`Self::connect`]).
     pub url: String,
     /// The exchange tweets are published to.
     pub exchange: String,
@@ -54,10 +57,35 @@ impl Default for RabbitMqConfig {
 }
 
 impl RabbitMqConfig {
-    /// Opens a connection named after the clima service using it (shown in the management UI).
+    /// Opens a connection named after the clima service using it (shown in the
+    /// management UI). Where the URL lists a cluster's nodes, each call starts
+    /// one node further, and tries them all in turn: a client that lost its node
+    /// reconnects to another at once, and a process's connections spread over
+    /// the cluster (a quorum queue answers on every node).
     pub async fn connect(&self, connection_name: &str) -> Result<Connection, BrokerError> {
-        let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
-        Ok(Connection::connect(&self.url, properties).await?)
+        static NEXT_NODE: AtomicUsize = AtomicUsize::new(0);
+        let nodes = self.nodes();
+        let first = NEXT_NODE.fetch_add(1, Ordering::Relaxed);
+        let mut failed = None;
+        for turn in 0..nodes.len() {
+            let node = nodes[(first + turn) % nodes.len()];
+            let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
+            match Connection::connect(node, properties).await {
+                Ok(connection) => return Ok(connection),
+                Err(error) => {
+                    if nodes.len() > 1 {
+                        tracing::warn!(node = redacted(node), %error, "rabbitmq node unreachable; trying the next");
+                    }
+                    failed = Some(error);
+                }
+            }
+        }
+        Err(failed.map_or(BrokerError::NoRabbitMqNode, BrokerError::RabbitMq))
+    }
+
+    /// The URLs of the nodes to connect to, in the order given.
+    pub fn nodes(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).filter(|node| !node.is_empty()).collect()
     }
 
     /// Declares the exchange, the queue and their binding (idempotent).
@@ -84,6 +112,11 @@ impl RabbitMqConfig {
             .await?;
         Ok(())
     }
+}
+
+/// A node's URL without its credentials, for logs.
+fn redacted(url: &str) -> &str {
+    url.rsplit_once('@').map_or(url, |(_, host)| host)
 }
 
 /// AMQP message headers as trace-context carriers.
@@ -115,5 +148,21 @@ pub mod trace_headers {
         fn keys(&self) -> Vec<&str> {
             self.0.map(|table| table.inner().keys().map(|key| key.as_str()).collect()).unwrap_or_default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_comma_separated_url_lists_a_clusters_nodes() {
+        let config = RabbitMqConfig {
+            url: "amqp://u:p@a:5672/%2f, amqp://u:p@b:5672/%2f,".to_owned(),
+            ..RabbitMqConfig::default()
+        };
+        assert_eq!(config.nodes(), ["amqp://u:p@a:5672/%2f", "amqp://u:p@b:5672/%2f"]);
+        assert_eq!(RabbitMqConfig::default().nodes(), [DEFAULT_URL]);
+        assert_eq!(redacted("amqp://u:p@a:5672/%2f"), "a:5672/%2f");
     }
 }

@@ -70,7 +70,8 @@ enum QueueTypeFlag {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RabbitMqFlags {
-    /// AMQP 0.9.1 URL of RabbitMQ (credentials included; guest/guest is for local development only).
+    /// AMQP 0.9.1 URL of RabbitMQ (credentials included; guest/guest is for local development only); the nodes of
+    /// a cluster as URLs separated by commas, tried in turn.
     #[arg(
         id = "amqp_url",
         long = "amqp-url",

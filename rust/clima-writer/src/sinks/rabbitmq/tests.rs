@@ -74,3 +74,26 @@ async fn a_wrong_password_is_refused_and_never_shown() {
     let error = sink.check().await.expect_err("RabbitMQ refuses a wrong password");
     assert!(!error.to_string().contains("not-the-password"), "{error}");
 }
+
+#[tokio::test]
+async fn a_cluster_url_publishes_through_a_node_that_answers() {
+    // The nodes of a cluster, the first one gone (nothing listens there): every
+    // (re)connection tries the next node, so a publish never waits for it.
+    let live = broker();
+    let gone = format!("amqp://guest:guest@127.0.0.1:{}/%2f", clima_testkit::free_port());
+    let cluster = RabbitMqConfig { url: format!("{gone},{}", live.url), ..live.clone() };
+    let sink = RabbitMqSink::new(cluster.clone(), RabbitMqSinkConfig::default());
+    for country in ["AR", "CL", "PE"] {
+        // A fresh sink connects anew each time, starting one node further.
+        let sink = RabbitMqSink::new(cluster.clone(), RabbitMqSinkConfig::default());
+        sink.publish(&[record(country, Weather::Soleado)]).await.unwrap();
+    }
+    sink.check().await.unwrap();
+
+    let channel = live.connect("clima-test").await.unwrap().create_channel().await.unwrap();
+    for _ in 0..3 {
+        let message = channel.basic_get(live.queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap();
+        assert!(message.is_some(), "each publish reached the live node");
+    }
+    channel.queue_delete(live.queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+}
