@@ -88,19 +88,27 @@ impl RabbitMqConfig {
         self.url.split(',').map(str::trim).filter(|node| !node.is_empty()).collect()
     }
 
-    /// Declares the exchange, the queue and their binding (idempotent).
-    pub async fn declare_topology(&self, channel: &Channel) -> Result<(), BrokerError> {
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        channel
-            .exchange_declare(self.exchange.as_str().into(), ExchangeKind::Direct, durable, FieldTable::default())
-            .await?;
+    /// Declares a durable queue of the configured type (idempotent). Every
+    /// queue clima needs is declared so: a classic queue lives on one node,
+    /// and while that node is down nobody can declare or use it.
+    pub async fn declare_queue(&self, channel: &Channel, queue: &str) -> Result<(), BrokerError> {
         let mut arguments = FieldTable::default();
         let queue_type = match self.queue_type {
             QueueType::Quorum => "quorum",
             QueueType::Classic => "classic",
         };
         arguments.insert("x-queue-type".into(), AMQPValue::LongString(queue_type.into()));
-        channel.queue_declare(self.queue.as_str().into(), QueueDeclareOptions::durable(), arguments).await?;
+        channel.queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments).await?;
+        Ok(())
+    }
+
+    /// Declares the exchange, the queue and their binding (idempotent).
+    pub async fn declare_topology(&self, channel: &Channel) -> Result<(), BrokerError> {
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .exchange_declare(self.exchange.as_str().into(), ExchangeKind::Direct, durable, FieldTable::default())
+            .await?;
+        self.declare_queue(channel, &self.queue).await?;
         channel
             .queue_bind(
                 self.queue.as_str().into(),

@@ -17,7 +17,7 @@ use lapin::{
     message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-        QueueDeclareOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -258,12 +258,12 @@ async fn subscribe(
     source: &RabbitMqSourceConfig,
 ) -> Result<(lapin::Connection, Channels, lapin::Consumer), ConsumerError> {
     let connection = broker.connect("clima-consumer").await?;
-    let channel = connection.create_channel().await?;
+    let mut channel = connection.create_channel().await?;
     broker.declare_topology(&channel).await?;
     let dead_letter_queue = dead_letter_queue(&broker.queue);
-    channel
-        .queue_declare(dead_letter_queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
-        .await?;
+    if let Err(declared) = broker.declare_queue(&channel, &dead_letter_queue).await {
+        channel = replace_dead_letter_queue(broker, &connection, &dead_letter_queue, declared).await?;
+    }
     let dead_letters = connection.create_channel().await?;
     dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
     channel.basic_qos(source.prefetch, BasicQosOptions::default()).await?;
@@ -276,6 +276,45 @@ async fn subscribe(
         )
         .await?;
     Ok((connection, Channels { consume: channel, dead_letters, dead_letter_queue }, consumer))
+}
+
+/// The dead-letter queue could not be declared with the queue's type. Older
+/// clima declared it a classic queue, which lives on one node: while that node
+/// is down, no consumer of a cluster can declare it or subscribe. An empty one
+/// is deleted and declared again with the right type; one that holds messages
+/// is kept and used, with a warning that says what to do. Returns an open
+/// channel (RabbitMQ closed the one whose declaration it refused).
+async fn replace_dead_letter_queue(
+    broker: &RabbitMqConfig,
+    connection: &lapin::Connection,
+    queue: &str,
+    declared: clima_broker::BrokerError,
+) -> Result<Channel, ConsumerError> {
+    let clima_broker::BrokerError::RabbitMq(error) = &declared else { return Err(declared.into()) };
+    let refused = matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(refusal)
+            if *refusal.kind() == lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)
+    );
+    if !refused {
+        return Err(declared.into());
+    }
+    let channel = connection.create_channel().await?;
+    let empty_only = QueueDeleteOptions { if_empty: true, ..Default::default() };
+    if let Err(not_deleted) = channel.queue_delete(queue.into(), empty_only).await {
+        tracing::warn!(
+            queue,
+            %error,
+            %not_deleted,
+            "the dead-letter queue has another queue type (an older clima declared it classic, on one node) and \
+             holds messages, so it is kept: move them elsewhere (a shovel) and delete it, or a cluster that loses \
+             its node stops this consumer"
+        );
+        return Ok(connection.create_channel().await?);
+    }
+    broker.declare_queue(&channel, queue).await?;
+    tracing::warn!(queue, "replaced the empty dead-letter queue an older clima declared with another queue type");
+    Ok(channel)
 }
 
 /// Publishes the queue's ready-message count (the consumer's backlog) as a gauge.

@@ -264,8 +264,7 @@ async fn a_message_delivered_too_often_is_dead_lettered_with_its_id_not_dropped(
     });
     let dead_letter_queue = crate::rabbitmq::dead_letter_queue(&broker.queue);
     // As the consumer declares it: a get from a missing queue would close the channel.
-    let durable = lapin::options::QueueDeclareOptions::durable();
-    channel.queue_declare(dead_letter_queue.as_str().into(), durable, Default::default()).await.unwrap();
+    broker.declare_queue(&channel, &dead_letter_queue).await.unwrap();
     let dead = clima_testkit::eventually(Duration::from_secs(30), || async {
         let get = lapin::options::BasicGetOptions { no_ack: true };
         channel.basic_get(dead_letter_queue.as_str().into(), get).await.ok().flatten()
@@ -284,7 +283,10 @@ async fn a_message_delivered_too_often_is_dead_lettered_with_its_id_not_dropped(
     let reason = String::from_utf8_lossy(reason.as_bytes());
     assert!(reason.contains("delivered 3 times"), "{reason}");
     assert_eq!(store.read_counts(1).await.unwrap().total, 0, "set aside, not counted");
-    assert!(!headers.inner().contains_key("x-delivery-count"), "shovelled back, it would be set aside at once");
+    // Its old count is not carried (a quorum dead-letter queue adds its own, 0
+    // on a first delivery): shovelled back with a count of 3, it would be set aside at once.
+    let carried = headers.inner().get("x-delivery-count");
+    assert!(matches!(carried, None | Some(lapin::types::AMQPValue::LongLongInt(0))), "{carried:?}");
     assert!(headers.inner().contains_key(crate::rabbitmq::ORIGINAL_DELIVERY_COUNT_HEADER));
     // Acked once set aside: nothing is left in the queue.
     let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
@@ -711,4 +713,61 @@ async fn a_retry_on_a_partition_held_back_past_the_dedupe_window_is_counted_agai
 
     shutdown.cancel();
     consumer.await.unwrap().unwrap();
+}
+
+/// Older clima declared the dead-letter queue classic: it lives on one node,
+/// and while that node is down no consumer of a cluster can subscribe (found
+/// by `ci/faults rabbitmq-cluster`). An empty one is replaced with a queue of
+/// the configured type; one holding messages is kept and used.
+#[tokio::test]
+async fn a_classic_dead_letter_queue_is_replaced_when_empty_and_kept_when_not() {
+    for holds_a_message in [false, true] {
+        let name = unique_name("classic-dead");
+        let broker =
+            RabbitMqConfig { url: amqp_url(), exchange: name.clone(), queue: name, queue_type: QueueType::Quorum };
+        let dead_letter_queue = crate::rabbitmq::dead_letter_queue(&broker.queue);
+        let connection = broker.connect("clima-test").await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let durable = lapin::options::QueueDeclareOptions::durable();
+        channel.queue_declare(dead_letter_queue.as_str().into(), durable, Default::default()).await.unwrap();
+        if holds_a_message {
+            let publish = channel
+                .basic_publish(
+                    "".into(),
+                    dead_letter_queue.as_str().into(),
+                    Default::default(),
+                    b"old",
+                    Default::default(),
+                )
+                .await
+                .unwrap();
+            publish.await.unwrap();
+        }
+        let sink = RabbitMqSink::new(broker.clone(), RabbitMqSinkConfig::default());
+        sink.publish(&tweets_with_a_duplicate()).await.unwrap();
+
+        let store = fresh_store(&valkey_url()).await;
+        let shutdown = CancellationToken::new();
+        let consumer = tokio::spawn({
+            let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
+            async move {
+                let (source, batch) = (RabbitMqSourceConfig::default(), BatchConfig::default());
+                crate::rabbitmq::run(&broker, &source, &batch, &store, shutdown, &Readiness::not_ready()).await
+            }
+        });
+        assert_counts(&counted(&store, 5).await);
+        shutdown.cancel();
+        consumer.await.unwrap().unwrap();
+
+        // A quorum declaration succeeds only on a quorum queue (it closes the channel otherwise).
+        let check = connection.create_channel().await.unwrap();
+        let is_quorum = broker.declare_queue(&check, &dead_letter_queue).await.is_ok();
+        assert_eq!(is_quorum, !holds_a_message, "holds a message: {holds_a_message}");
+        let check = connection.create_channel().await.unwrap();
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        let kept = check.queue_declare(dead_letter_queue.as_str().into(), passive, Default::default()).await.unwrap();
+        assert_eq!(kept.message_count(), u32::from(holds_a_message), "nothing dead-lettered is deleted");
+        check.queue_delete(dead_letter_queue.as_str().into(), Default::default()).await.unwrap();
+        check.queue_delete(broker.queue.as_str().into(), Default::default()).await.unwrap();
+    }
 }
