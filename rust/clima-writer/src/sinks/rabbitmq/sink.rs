@@ -118,10 +118,17 @@ impl Sink for RabbitMqSink {
             let channel = self.channel().await?;
             self.publish_confirmed(&channel, records).await
         };
-        match tokio::time::timeout(timeout, publish).await {
+        let result = match tokio::time::timeout(timeout, publish).await {
             Ok(result) => result,
             Err(_) => Err(SinkError::Timeout { broker: Broker::RabbitMq.as_str(), timeout }),
+        };
+        if matches!(result, Err(SinkError::RabbitMqNack { .. })) {
+            // A channel whose queue lost its leader node keeps refusing after
+            // the cluster elected another (about 10 s on RabbitMQ 3.10, seen
+            // under ci/faults rabbitmq-cluster): the next publish connects anew.
+            *self.link.lock().await = None;
         }
+        result
     }
 
     async fn check(&self) -> Result<(), SinkError> {
