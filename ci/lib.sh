@@ -205,3 +205,79 @@ PY
 ensure_build_deps() {
   apt_install pkg-config libssl-dev build-essential
 }
+
+# A three-node RabbitMQ cluster on this machine (ci/faults rabbitmq-cluster),
+# as prod runs one: nodes clima-rabbit-N@localhost on 127.0.0.1:RABBITMQ_CLUSTER_PORT+N-1
+# (Erlang distribution on + 20000), with an Erlang cookie, config and data of
+# their own under $CLIMA_STATE/rabbitmq-cluster, apart from the machine's node.
+RABBITMQ_CLUSTER_PORT=${RABBITMQ_CLUSTER_PORT:-5681}
+RABBITMQ_CLUSTER_DIR=$CLIMA_STATE/rabbitmq-cluster
+
+# rabbit_node N CMD...: runs a RabbitMQ command as (or against) node N of that cluster.
+rabbit_node() {
+  local node=$1 dir=$RABBITMQ_CLUSTER_DIR/node-$1; shift
+  mkdir -p "$dir/log" "$dir/mnesia"
+  [[ -f $RABBITMQ_CLUSTER_DIR/.erlang.cookie ]] || {
+    head -c 24 /dev/urandom | base64 | tr -dc A-Za-z0-9 >"$RABBITMQ_CLUSTER_DIR/.erlang.cookie"
+    chmod 400 "$RABBITMQ_CLUSTER_DIR/.erlang.cookie"
+  }
+  echo "listeners.tcp.local = 127.0.0.1:$((RABBITMQ_CLUSTER_PORT + node - 1))" >"$dir/rabbitmq.conf"
+  echo "[]." >"$dir/enabled_plugins"
+  : >"$dir/rabbitmq-env.conf"
+  HOME=$RABBITMQ_CLUSTER_DIR RABBITMQ_NODENAME=clima-rabbit-$node@localhost \
+    RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$((RABBITMQ_CLUSTER_PORT + node - 1)) \
+    RABBITMQ_DIST_PORT=$((RABBITMQ_CLUSTER_PORT + node - 1 + 20000)) ERL_EPMD_ADDRESS=127.0.0.1 \
+    RABBITMQ_CONF_ENV_FILE=$dir/rabbitmq-env.conf RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf \
+    RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins RABBITMQ_MNESIA_BASE=$dir/mnesia RABBITMQ_LOG_BASE=$dir/log \
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+    "$@"
+}
+
+# rabbitmq_cluster_url: the AMQP URL clima is given for that cluster, every node listed.
+rabbitmq_cluster_url() {
+  local node urls=()
+  for node in 1 2 3; do urls+=("amqp://guest:guest@127.0.0.1:$((RABBITMQ_CLUSTER_PORT + node - 1))/%2f"); done
+  local IFS=,
+  echo "${urls[*]}"
+}
+
+# rabbitmq_node_up N...: starts those nodes unless they run, then waits for
+# their AMQP ports (all started first: a clustered node waits for its peers).
+rabbitmq_node_up() {
+  local node
+  for node in "$@"; do
+    rabbit_node "$node" start_daemon "rabbitmq-cluster-$node" /usr/lib/rabbitmq/bin/rabbitmq-server
+  done
+  for node in "$@"; do
+    wait_port $((RABBITMQ_CLUSTER_PORT + node - 1)) "rabbitmq-cluster-$node" 120
+  done
+}
+
+# rabbitmq_cluster_up: the three nodes, started and joined into one cluster
+# (idempotent). With no node running it starts a new cluster: the fault row
+# measures the loss of a leader under load, not a cold restart of a cluster,
+# whose nodes must then come back in the order they stopped.
+rabbitmq_cluster_up() {
+  apt_install rabbitmq-server
+  local node running=0
+  for node in 1 2 3; do
+    ! pid_alive "$CLIMA_STATE/pids/rabbitmq-cluster-$node.pid" || running=1
+  done
+  ((running)) || rm -rf "${RABBITMQ_CLUSTER_DIR:?}"/node-*
+  rabbitmq_node_up 1 2 3
+  for node in 2 3; do
+    if ! rabbit_node "$node" /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "clima-rabbit-$node@localhost" cluster_status \
+      | grep -q "clima-rabbit-1@localhost"; then
+      log "joining clima-rabbit-$node to clima-rabbit-1"
+      rabbit_node "$node" /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "clima-rabbit-$node@localhost" stop_app
+      rabbit_node "$node" /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "clima-rabbit-$node@localhost" join_cluster clima-rabbit-1@localhost
+      rabbit_node "$node" /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "clima-rabbit-$node@localhost" start_app
+    fi
+  done
+}
+
+# rabbitmq_cluster_down: stops the three nodes by PID.
+rabbitmq_cluster_down() {
+  local node
+  for node in 1 2 3; do stop_daemon "rabbitmq-cluster-$node"; done
+}
