@@ -273,16 +273,7 @@ impl KafkaSource {
             aligned: 0,
             last_end_check: Instant::now(),
             last_received: Instant::now(),
-            reading: Reading {
-                counted: Counted::new(),
-                behind: BTreeMap::new(),
-                needs_realign: false,
-                verifying: BTreeMap::new(),
-                replaced: BTreeMap::new(),
-                last_read: BTreeMap::new(),
-                stalled: false,
-                health: health.clone(),
-            },
+            reading: Reading::new(health.clone()),
         }))
     }
 
@@ -641,6 +632,20 @@ impl KafkaSource {
 }
 
 impl Reading {
+    /// Nothing read or counted yet: the first assignment positions every partition.
+    fn new(health: Readiness) -> Self {
+        Self {
+            counted: Counted::new(),
+            behind: BTreeMap::new(),
+            needs_realign: false,
+            verifying: BTreeMap::new(),
+            replaced: BTreeMap::new(),
+            last_read: BTreeMap::new(),
+            stalled: false,
+            health,
+        }
+    }
+
     /// The next offset the consumer reads of `partition`, as far as it knows.
     fn position(&self, partition: i32) -> i64 {
         match self.last_read.get(&partition) {
@@ -782,16 +787,8 @@ mod reading_tests {
 
     /// Partition 1 positioned just below the store's next offset 769.
     fn positioned_at_769() -> Reading {
-        let mut reading = Reading {
-            counted: Counted::from([(1, 769)]),
-            behind: BTreeMap::new(),
-            needs_realign: false,
-            verifying: BTreeMap::new(),
-            replaced: BTreeMap::new(),
-            last_read: BTreeMap::new(),
-            stalled: false,
-            health: Readiness::not_ready(),
-        };
+        let mut reading = Reading::new(Readiness::not_ready());
+        reading.counted.insert(1, 769);
         reading.verifying.insert(1, Verification { next: 769, last_id: COUNTED_ID.to_vec() });
         reading
     }
