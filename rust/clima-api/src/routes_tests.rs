@@ -65,6 +65,17 @@ async fn an_array_over_max_tweets_is_413() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
 }
 
+/// The cap is checked while the array is read, before the rest is decoded:
+/// what follows the element after the cap, here not even JSON, is never read
+/// (an API that decoded the whole array first answered this body 400).
+#[tokio::test]
+async fn an_array_over_max_tweets_is_413_before_the_rest_is_read() {
+    let config = ApiConfig { max_tweets: 3, ..unreachable_writers() };
+    let body = format!("[{}, and then no JSON at all", [TWEET; 4].join(","));
+    let (status, answer) = post_json(api(config), body).await;
+    assert_eq!((status, answer["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
+}
+
 #[tokio::test]
 async fn a_bad_tweet_in_an_array_is_422_and_names_its_place() {
     let body = r#"[{"description":"a","country":"GT","weather":"Soleado"},{"description":"b","country":"GTM","weather":"Soleado"}]"#;
