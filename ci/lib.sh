@@ -276,8 +276,16 @@ rabbitmq_cluster_up() {
   done
 }
 
-# rabbitmq_cluster_down: stops the three nodes by PID.
+# rabbitmq_cluster_down: stops the three nodes, each by rabbitmqctl and then
+# by PID (stop_daemon alone signals the start script, and kills it after 15 s,
+# which would leave a slow node's Erlang VM running).
 rabbitmq_cluster_down() {
   local node
-  for node in 1 2 3; do stop_daemon "rabbitmq-cluster-$node"; done
+  for node in 1 2 3; do
+    if pid_alive "$CLIMA_STATE/pids/rabbitmq-cluster-$node.pid"; then
+      rabbit_node "$node" /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "clima-rabbit-$node@localhost" stop \
+        >/dev/null 2>&1 || true
+    fi
+    stop_daemon "rabbitmq-cluster-$node"
+  done
 }

@@ -51,3 +51,30 @@ def test_a_bench_that_stops_early_keeps_every_row_it_measured(bench, monkeypatch
     assert written["clima"]["open_1000"] == REPORT and "without a report" in written["error"]
     table = (tmp_path / "bench.md").read_text()
     assert "open loop, 1,000 tweets/s" in table and "stopped early" in table
+
+
+def test_runs_measured_before_a_failure_are_kept(bench, monkeypatch):
+    calls = []
+
+    def load(*args):
+        calls.append(args)
+        if len(calls) > 1:
+            raise bench.RowFailed("clima load exited 2 without a report")
+        return dict(REPORT)
+    monkeypatch.setattr(bench, "load", load)
+    monkeypatch.setattr(bench, "histograms", dict)
+    monkeypatch.setattr(bench, "breakdown", lambda *args: {})
+    runs = {}
+    with pytest.raises(bench.RowFailed):
+        bench.end_to_end(runs)
+    assert list(runs) == ["open_1000"]
+
+
+def test_a_failed_run_outside_the_rows_still_fails_the_bench(bench, monkeypatch):
+    monkeypatch.setattr(bench, "FAILED_RUNS", [])
+    monkeypatch.setattr(bench, "load_report", lambda *args, check=True: ({**REPORT, "counted": None}, 1))
+    bench.load("--count", 10)
+    monkeypatch.setattr(bench, "measure", lambda result: None)
+    monkeypatch.setattr(bench, "markdown", lambda result: "")
+    with pytest.raises(SystemExit, match="runs that failed"):
+        bench.main()

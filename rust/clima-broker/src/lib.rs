@@ -22,6 +22,12 @@ pub enum BrokerError {
     /// The AMQP connection or channel failed, or a declaration was refused.
     #[error("rabbitmq: {0}")]
     RabbitMq(#[from] lapin::Error),
+    /// A RabbitMQ node did not accept a connection in time.
+    #[error("rabbitmq: {node} did not accept a connection within {} s", crate::rabbitmq::NODE_CONNECT_TIMEOUT.as_secs())]
+    RabbitMqConnectTimeout {
+        /// The node, without credentials.
+        node: String,
+    },
     /// The AMQP URL names no node.
     #[error("rabbitmq: the AMQP URL names no node")]
     NoRabbitMqNode,

@@ -23,6 +23,9 @@ pub enum QueueType {
     Classic,
 }
 
+/// How long one node may take to accept a connection before the next is tried.
+pub const NODE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Default of `--amqp-url` (guest/guest is for local development only).
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Default of `--rabbitmq-exchange`.
@@ -66,21 +69,22 @@ impl RabbitMqConfig {
         static NEXT_NODE: AtomicUsize = AtomicUsize::new(0);
         let nodes = self.nodes();
         let first = NEXT_NODE.fetch_add(1, Ordering::Relaxed);
-        let mut failed = None;
+        let mut failed = BrokerError::NoRabbitMqNode;
         for turn in 0..nodes.len() {
             let node = nodes[(first + turn) % nodes.len()];
             let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
-            match Connection::connect(node, properties).await {
-                Ok(connection) => return Ok(connection),
-                Err(error) => {
-                    if nodes.len() > 1 {
-                        tracing::warn!(node = redacted(node), %error, "rabbitmq node unreachable; trying the next");
-                    }
-                    failed = Some(error);
-                }
+            // A node whose packets are dropped (a deleted pod's address) would
+            // hold the attempt for the kernel's TCP timeout, minutes.
+            failed = match tokio::time::timeout(NODE_CONNECT_TIMEOUT, Connection::connect(node, properties)).await {
+                Ok(Ok(connection)) => return Ok(connection),
+                Ok(Err(error)) => BrokerError::RabbitMq(error),
+                Err(_) => BrokerError::RabbitMqConnectTimeout { node: redacted(node).to_owned() },
+            };
+            if nodes.len() > 1 {
+                tracing::warn!(node = redacted(node), error = %failed, "rabbitmq node unreachable; trying the next");
             }
         }
-        Err(failed.map_or(BrokerError::NoRabbitMqNode, BrokerError::RabbitMq))
+        Err(failed)
     }
 
     /// The URLs of the nodes to connect to, in the order given.

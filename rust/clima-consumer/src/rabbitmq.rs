@@ -291,17 +291,16 @@ async fn replace_dead_letter_queue(
     declared: clima_broker::BrokerError,
 ) -> Result<Channel, ConsumerError> {
     let clima_broker::BrokerError::RabbitMq(error) = &declared else { return Err(declared.into()) };
-    let refused = matches!(
-        error.kind(),
-        lapin::ErrorKind::ProtocolError(refusal)
-            if *refusal.kind() == lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)
-    );
-    if !refused {
+    if !precondition_failed(error) {
         return Err(declared.into());
     }
     let channel = connection.create_channel().await?;
     let empty_only = QueueDeleteOptions { if_empty: true, ..Default::default() };
     if let Err(not_deleted) = channel.queue_delete(queue.into(), empty_only).await {
+        // Refused because it is not empty; anything else is an error of its own.
+        if !precondition_failed(&not_deleted) {
+            return Err(not_deleted.into());
+        }
         tracing::warn!(
             queue,
             %error,
@@ -315,6 +314,16 @@ async fn replace_dead_letter_queue(
     broker.declare_queue(&channel, queue).await?;
     tracing::warn!(queue, "replaced the empty dead-letter queue an older clima declared with another queue type");
     Ok(channel)
+}
+
+/// RabbitMQ refused a declaration or deletion: the queue exists with other
+/// arguments, or is not empty.
+fn precondition_failed(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(refusal)
+            if *refusal.kind() == lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)
+    )
 }
 
 /// Publishes the queue's ready-message count (the consumer's backlog) as a gauge.

@@ -18,25 +18,26 @@ static ALLOCATOR: dhat::Alloc = dhat::Alloc;
 #[cfg(not(feature = "dhat-heap"))]
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = libmimalloc_sys::mi_option_use_numa_nodes - 1;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime starts any thread (mimalloc's options are plain values).
     #[cfg(not(feature = "dhat-heap"))]
     return_freed_memory_at_once();
     #[cfg(feature = "dhat-heap")]
     let _heap_profile = dhat::Profiler::new_heap();
-    clima::run().await
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(clima::run())
 }
 
 /// Memory freed after a burst goes back to the system at once, not a second
-/// later (mimalloc v3's default; v2's is 10 ms): a burst of large bodies then costs the API less peak RSS (the valid
-/// tweets of ci/bench-memory: 3.1-3.4 x the bytes in flight, 2.7 x with this),
-/// and 1,024 closed connections leave 34 MiB, not 56. A closed loop of 40,000
-/// tweets ran as fast either way. `MIMALLOC_PURGE_DELAY` still decides where set.
+/// later (mimalloc v3's default; v2's is 10 ms): a burst of large bodies then
+/// costs the API less peak RSS (the valid tweets of ci/bench-memory: 3.22 x
+/// the bytes in flight, 2.61 x with this), and 1,024 closed connections leave
+/// 37.5 MiB, not 58.6. A closed loop of 40,000 tweets ran as fast either way.
+/// `MIMALLOC_PURGE_DELAY` (or its old name `MIMALLOC_RESET_DELAY`) still decides where set.
 #[cfg(not(feature = "dhat-heap"))]
 fn return_freed_memory_at_once() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one of mimalloc's options, which it reads atomically;
-        // no memory is touched.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() && std::env::var_os("MIMALLOC_RESET_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's options while this process has one
+        // thread; no memory is touched.
         #[allow(unsafe_code)]
         unsafe {
             libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);

@@ -6,6 +6,8 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable},
 };
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
@@ -23,35 +25,41 @@ pub struct RabbitMqSink {
     /// The open connection and its confirm-mode channel; replaced after a
     /// failure, on the next publish or health check.
     link: Mutex<Option<Link>>,
+    /// Links opened so far: the next one's generation.
+    links_opened: AtomicU64,
 }
 
 struct Link {
     connection: Connection,
     channel: Channel,
+    /// Which link this is: a nack replaces only the link that nacked.
+    generation: u64,
 }
 
 impl RabbitMqSink {
     /// Does not connect yet: the first publish or [`Sink::check`] does.
     pub fn new(broker: RabbitMqConfig, config: RabbitMqSinkConfig) -> Self {
-        Self { broker, config, link: Mutex::new(None) }
+        Self { broker, config, link: Mutex::new(None), links_opened: AtomicU64::new(0) }
     }
 
-    /// The confirm-mode channel, (re)connecting and declaring the topology if needed.
-    async fn channel(&self) -> Result<Channel, SinkError> {
+    /// The confirm-mode channel and its link's generation, (re)connecting
+    /// and declaring the topology if needed.
+    async fn channel(&self) -> Result<(Channel, u64), SinkError> {
         let mut link = self.link.lock().await;
         if let Some(open) = link.as_ref()
             && open.connection.status().connected()
             && open.channel.status().connected()
         {
-            return Ok(open.channel.clone());
+            return Ok((open.channel.clone(), open.generation));
         }
         *link = None;
+        let generation = self.links_opened.fetch_add(1, Ordering::Relaxed);
         let connection = self.broker.connect("clima-writer").await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         self.broker.declare_topology(&channel).await?;
-        *link = Some(Link { connection, channel: channel.clone() });
-        Ok(channel)
+        *link = Some(Link { connection, channel: channel.clone(), generation });
+        Ok((channel, generation))
     }
 
     /// Publishes the records as one persistent message and waits for its confirm.
@@ -114,8 +122,10 @@ impl Sink for RabbitMqSink {
 
     async fn publish(&self, records: &[TweetRecord]) -> Result<(), SinkError> {
         let timeout = self.config.confirm_timeout;
+        let mut used = None;
         let publish = async {
-            let channel = self.channel().await?;
+            let (channel, generation) = self.channel().await?;
+            used = Some(generation);
             self.publish_confirmed(&channel, records).await
         };
         let result = match tokio::time::timeout(timeout, publish).await {
@@ -126,7 +136,12 @@ impl Sink for RabbitMqSink {
             // A channel whose queue lost its leader node keeps refusing after
             // the cluster elected another (about 10 s on RabbitMQ 3.10, seen
             // under ci/faults rabbitmq-cluster): the next publish connects anew.
-            *self.link.lock().await = None;
+            // Only if the link is still the one that nacked: other publishes'
+            // nacks from it must not drop its successor.
+            let mut link = self.link.lock().await;
+            if link.as_ref().is_some_and(|open| Some(open.generation) == used) {
+                *link = None;
+            }
         }
         result
     }
