@@ -162,6 +162,19 @@ def idle():
     return sampler.result
 
 
+def sampled_load(*args):
+    """`load`, with each service's peak RSS and CPU over the run (`services`)."""
+    with Sampler() as sampler:
+        run = load(*args)
+    run["services"] = sampler.result
+    return run
+
+
+def single_objects():
+    """The single-object run: the one clima run tracing and CPU are measured on."""
+    return sampled_load("--count", n(200_000), "--concurrency", SINGLE_CONCURRENCY, "--verify")
+
+
 def end_to_end(runs):
     """The clima runs, each stored in `runs` as soon as it is measured."""
     # Latency first, on the fresh Kafka database: tansu's produce latency grows
@@ -170,12 +183,8 @@ def end_to_end(runs):
         before = histograms()
         runs[f"open_{rate}"] = load("--rate", rate, "--count", n(rate * 10), "--verify")
         runs[f"open_{rate}"]["breakdown"] = breakdown(before, histograms(), runs[f"open_{rate}"])
-    with Sampler() as sampler:
-        runs["single"] = load("--count", n(200_000), "--concurrency", SINGLE_CONCURRENCY, "--verify")
-    runs["single"]["services"] = sampler.result
-    with Sampler() as sampler:
-        runs["arrays_of_100"] = load("--count", n(500_000), "--batch", 100, "--concurrency", 32, "--verify")
-    runs["arrays_of_100"]["services"] = sampler.result
+    runs["single"] = single_objects()
+    runs["arrays_of_100"] = sampled_load("--count", n(500_000), "--batch", 100, "--concurrency", 32, "--verify")
 
 
 def breakdown(before, after, run):
@@ -244,9 +253,7 @@ def traced(sampler, ratio=None):
     try:
         wait_port(OTLP_PORT)
         restart_stack(settings)
-        with Sampler() as sampler:
-            run = load("--count", n(200_000), "--concurrency", SINGLE_CONCURRENCY, "--verify")
-        run["services"] = sampler.result
+        run = single_objects()
     finally:
         restart_stack({})
         sink.send_signal(signal.SIGTERM)
@@ -398,10 +405,10 @@ def measure(result):
     end_to_end(result["clima"])
     # Tracing's cost against untraced runs on either side of the traced ones
     # (the Kafka database grows with every run, and a growing one is slower).
-    untraced = result["untraced"] = [untraced_single()]
+    untraced = result["untraced"] = [single_objects()]
     result["clima"]["traced_1pct"] = traced("parentbased_traceidratio", 0.01)
     result["clima"]["traced"] = traced("always_on")
-    untraced.append(untraced_single())
+    untraced.append(single_objects())
     result["untraced_per_s"] = [(run.get("counted") or UNCOUNTED)["end_to_end_per_s"] for run in untraced]
     # Tracing's cost in CPU per tweet, summed over the services: far less noisy
     # than tweets/s on a shared machine.
@@ -420,14 +427,6 @@ def measure(result):
     baseline = sum(result["untraced_per_s"]) / len(result["untraced_per_s"])
     result["tracing_cost"] = 1 - result["clima"]["traced"]["counted"]["end_to_end_per_s"] / baseline
     result["tracing_cost_1pct"] = 1 - result["clima"]["traced_1pct"]["counted"]["end_to_end_per_s"] / baseline
-
-
-def untraced_single():
-    """Single objects, untraced, with each service's CPU sampled."""
-    with Sampler() as sampler:
-        run = load("--count", n(200_000), "--concurrency", SINGLE_CONCURRENCY, "--verify")
-    run["services"] = sampler.result
-    return run
 
 
 def partial_markdown(result):

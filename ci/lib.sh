@@ -22,6 +22,8 @@ REDIS_PORT=${REDIS_PORT:-6379}
 VALKEY_PORT=${VALKEY_PORT:-6380}
 RABBITMQ_PORT=${RABBITMQ_PORT:-5672}
 KAFKA_PORT=${KAFKA_PORT:-9092}
+# What clima's services and tests are given for RabbitMQ, unless CLIMA_AMQP_URL says.
+AMQP_URL=${CLIMA_AMQP_URL:-amqp://guest:guest@127.0.0.1:$RABBITMQ_PORT/%2f}
 API_PORT=${API_PORT:-8080}
 KAFKA_WRITER_PORT=${KAFKA_WRITER_PORT:-50051}
 RABBITMQ_WRITER_PORT=${RABBITMQ_WRITER_PORT:-50052}
@@ -162,7 +164,7 @@ CLIMA_BIN=$CLIMA_ROOT/target/release/clima
 start_service() {
   export CLIMA_LOG_FORMAT=${CLIMA_LOG_FORMAT:-json}
   export CLIMA_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
-  export CLIMA_AMQP_URL=${CLIMA_AMQP_URL:-amqp://guest:guest@127.0.0.1:$RABBITMQ_PORT/%2f}
+  export CLIMA_AMQP_URL=${CLIMA_AMQP_URL:-$AMQP_URL}
   local admin
   admin=--admin-listen=127.0.0.1:$(admin_port "$1")
   case $1 in
@@ -213,6 +215,9 @@ ensure_build_deps() {
 RABBITMQ_CLUSTER_PORT=${RABBITMQ_CLUSTER_PORT:-5681}
 RABBITMQ_CLUSTER_DIR=$CLIMA_STATE/rabbitmq-cluster
 
+# rabbit_port N: node N's AMQP port.
+rabbit_port() { echo $((RABBITMQ_CLUSTER_PORT + $1 - 1)); }
+
 # rabbit_node N CMD...: runs a RabbitMQ command as (or against) node N of that cluster.
 rabbit_node() {
   local node=$1 dir=$RABBITMQ_CLUSTER_DIR/node-$1; shift
@@ -221,22 +226,28 @@ rabbit_node() {
     head -c 24 /dev/urandom | base64 | tr -dc A-Za-z0-9 >"$RABBITMQ_CLUSTER_DIR/.erlang.cookie"
     chmod 400 "$RABBITMQ_CLUSTER_DIR/.erlang.cookie"
   }
-  echo "listeners.tcp.local = 127.0.0.1:$((RABBITMQ_CLUSTER_PORT + node - 1))" >"$dir/rabbitmq.conf"
+  echo "listeners.tcp.local = 127.0.0.1:$(rabbit_port "$node")" >"$dir/rabbitmq.conf"
   echo "[]." >"$dir/enabled_plugins"
   : >"$dir/rabbitmq-env.conf"
   HOME=$RABBITMQ_CLUSTER_DIR RABBITMQ_NODENAME=clima-rabbit-$node@localhost \
-    RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$((RABBITMQ_CLUSTER_PORT + node - 1)) \
-    RABBITMQ_DIST_PORT=$((RABBITMQ_CLUSTER_PORT + node - 1 + 20000)) ERL_EPMD_ADDRESS=127.0.0.1 \
+    RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$(rabbit_port "$node")" \
+    RABBITMQ_DIST_PORT=$(($(rabbit_port "$node") + 20000)) ERL_EPMD_ADDRESS=127.0.0.1 \
     RABBITMQ_CONF_ENV_FILE=$dir/rabbitmq-env.conf RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf \
     RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins RABBITMQ_MNESIA_BASE=$dir/mnesia RABBITMQ_LOG_BASE=$dir/log \
     RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
     "$@"
 }
 
+# rabbitmqctl_on N ARGS...: rabbitmqctl against node N of that cluster.
+rabbitmqctl_on() {
+  local node=$1; shift
+  rabbit_node "$node" /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "clima-rabbit-$node@localhost" "$@"
+}
+
 # rabbitmq_cluster_url: the AMQP URL clima is given for that cluster, every node listed.
 rabbitmq_cluster_url() {
   local node urls=()
-  for node in 1 2 3; do urls+=("amqp://guest:guest@127.0.0.1:$((RABBITMQ_CLUSTER_PORT + node - 1))/%2f"); done
+  for node in 1 2 3; do urls+=("amqp://guest:guest@127.0.0.1:$(rabbit_port "$node")/%2f"); done
   local IFS=,
   echo "${urls[*]}"
 }
@@ -249,7 +260,7 @@ rabbitmq_node_up() {
     rabbit_node "$node" start_daemon "rabbitmq-cluster-$node" /usr/lib/rabbitmq/bin/rabbitmq-server
   done
   for node in "$@"; do
-    wait_port $((RABBITMQ_CLUSTER_PORT + node - 1)) "rabbitmq-cluster-$node" 120
+    wait_port "$(rabbit_port "$node")" "rabbitmq-cluster-$node" 120
   done
 }
 
@@ -266,12 +277,11 @@ rabbitmq_cluster_up() {
   ((running)) || rm -rf "${RABBITMQ_CLUSTER_DIR:?}"/node-*
   rabbitmq_node_up 1 2 3
   for node in 2 3; do
-    if ! rabbit_node "$node" /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "clima-rabbit-$node@localhost" cluster_status \
-      | grep -q "clima-rabbit-1@localhost"; then
+    if ! rabbitmqctl_on "$node" cluster_status | grep -q "clima-rabbit-1@localhost"; then
       log "joining clima-rabbit-$node to clima-rabbit-1"
-      rabbit_node "$node" /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "clima-rabbit-$node@localhost" stop_app
-      rabbit_node "$node" /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "clima-rabbit-$node@localhost" join_cluster clima-rabbit-1@localhost
-      rabbit_node "$node" /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "clima-rabbit-$node@localhost" start_app
+      rabbitmqctl_on "$node" stop_app
+      rabbitmqctl_on "$node" join_cluster clima-rabbit-1@localhost
+      rabbitmqctl_on "$node" start_app
     fi
   done
 }
@@ -283,8 +293,7 @@ rabbitmq_cluster_down() {
   local node
   for node in 1 2 3; do
     if pid_alive "$CLIMA_STATE/pids/rabbitmq-cluster-$node.pid"; then
-      rabbit_node "$node" /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "clima-rabbit-$node@localhost" stop \
-        >/dev/null 2>&1 || true
+      rabbitmqctl_on "$node" stop >/dev/null 2>&1 || true
     fi
     stop_daemon "rabbitmq-cluster-$node"
   done

@@ -1,3 +1,5 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use clima_broker::rabbitmq::{ROUTING_KEY, RabbitMqConfig, trace_headers};
 use clima_proto::v1::TweetRecord;
 use clima_tweet::envelope;
@@ -6,8 +8,6 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable},
 };
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
